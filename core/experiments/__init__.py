@@ -1,0 +1,51 @@
+"""Named reproduction experiments: ``python train.py --experiment <name>`` runs one and
+writes its tables under ``results/``. Each module here registers its experiments."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core.errors import MMXError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    run: Callable[..., list[Path]]  # run(out_dir=, device=, data_dir=, progress=) -> written files
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register_experiment(name: str, description: str):
+    def deco(fn):
+        _REGISTRY[name] = Experiment(name, description, fn)
+        return fn
+
+    return deco
+
+
+def list_experiments() -> list[Experiment]:
+    _import_all()
+    return sorted(_REGISTRY.values(), key=lambda e: e.name)
+
+
+def get_experiment(name: str) -> Experiment:
+    _import_all()
+    if name not in _REGISTRY:
+        raise MMXError(f"unknown experiment {name!r}; experiments are {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def command(name: str) -> str:
+    """The command line that reproduces experiment ``name`` (written into its results)."""
+    return f"python train.py --experiment {name}"
+
+
+def _import_all() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")

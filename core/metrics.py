@@ -1,0 +1,93 @@
+"""The metric table used everywhere: the seed study's six columns (+ AUROC).
+
+``compute`` scores one prediction; ``summarize`` turns many (folds x seeds) into mean and
+std; ``markdown_table`` renders rows in the seed study's percentage format.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+SIX = ("f1_weighted", "f1_macro", "recall_weighted", "precision_weighted", "accuracy", "balanced_accuracy")
+LABELS = {
+    "f1_weighted": "F1 (weighted)", "f1_macro": "F1 macro", "recall_weighted": "Recall (weighted)",
+    "precision_weighted": "Precision (weighted)", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
+    "auroc": "AUROC", "f1_micro": "F1 micro",
+}
+
+
+def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Binary AUROC from the positive-class probability; for more classes the macro mean of
+    one-vs-rest AUROCs over classes that occur (NaN when undefined)."""
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape[1] == 2:
+        return float(skm.roc_auc_score(y_true, proba[:, 1])) if len(np.unique(y_true)) == 2 else float("nan")
+    scores = [skm.roc_auc_score(y_true == k, proba[:, k]) for k in range(proba.shape[1])
+              if 0 < (y_true == k).sum() < len(y_true)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def compute(y_true: Sequence[int], proba: np.ndarray, with_auroc: bool | None = None) -> dict[str, float]:
+    """All metrics of one prediction. ``proba`` is N x C; AUROC is added for binary tasks
+    (or when ``with_auroc`` is True)."""
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba)
+    pred = proba.argmax(1)
+    labels = np.arange(proba.shape[1])
+    kw = dict(labels=labels, zero_division=0)
+    out = {
+        "f1_weighted": skm.f1_score(y_true, pred, average="weighted", **kw),
+        "f1_macro": skm.f1_score(y_true, pred, average="macro", **kw),
+        "recall_weighted": skm.recall_score(y_true, pred, average="weighted", **kw),
+        "precision_weighted": skm.precision_score(y_true, pred, average="weighted", **kw),
+        "accuracy": skm.accuracy_score(y_true, pred),
+        "balanced_accuracy": _balanced_accuracy(y_true, pred),
+        "f1_micro": skm.f1_score(y_true, pred, average="micro", **kw),
+    }
+    if with_auroc or (with_auroc is None and proba.shape[1] == 2):
+        out["auroc"] = auroc(y_true, proba)
+    return {k: float(v) for k, v in out.items()}
+
+
+def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true`` (sklearn's definition, no warning)."""
+    present = np.unique(y_true)
+    return float(np.mean([(pred[y_true == k] == k).mean() for k in present]))
+
+
+def summarize(runs: Iterable[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Mean and (population) std of each metric over runs."""
+    runs = list(runs)
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    return {k: (float(np.nanmean([r[k] for r in runs])), float(np.nanstd([r[k] for r in runs]))) for k in keys}
+
+
+def fmt(mean: float, std: float, percent: bool = True, digits: int = 1) -> str:
+    """``85.7 ± 1.2`` (percent) or ``0.857 ± 0.012``."""
+    if np.isnan(mean):
+        return "n/a"
+    if percent:
+        return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
+    return f"{mean:.{digits + 2}f} ± {std:.{digits + 2}f}"
+
+
+def markdown_table(rows: dict[str, dict[str, tuple[float, float]]], columns: Sequence[str] = SIX,
+                   percent: bool = True, bold_best: bool = True, first_header: str = "Method") -> str:
+    """One row per entry of ``rows`` (name -> summary), best mean per column in bold."""
+    best = {c: max((r[c][0] for r in rows.values() if c in r and not np.isnan(r[c][0])), default=None)
+            for c in columns}
+    head = f"| {first_header} | " + " | ".join(LABELS.get(c, c) for c in columns) + " |"
+    lines = [head, "|" + " --- |" * (len(columns) + 1)]
+    for name, r in rows.items():
+        cells = []
+        for c in columns:
+            if c not in r:
+                cells.append("")
+                continue
+            s = fmt(*r[c], percent=percent)
+            cells.append(f"**{s}**" if bold_best and len(rows) > 1 and best[c] is not None and r[c][0] == best[c] else s)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""The method interface every algorithm implements (one call shape, shared behaviour).
+
+``method.fit(data, split, seed=...)`` then ``method.predict(data, idx, mask=...)``. Input
+preparation (scaling with training statistics), modality/feature checks and test-time
+masking live here once; a subclass supplies only what makes it different.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data.dataset import ModalitySpec, MultimodalDataset
+from core.data.splits import Split
+from core.errors import MMXError
+from core.models.masking import MaskSpec, apply_mask, parse_mask
+from core.models.output import ModelOutput
+from core.models.prep import InputPrep
+from core.train import loop
+from core.train.device import resolve_device, seed_everything
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has."""
+
+    scaling: str = "minmax"  # omics scaling fitted on training rows: minmax | standard | none
+
+
+@dataclass
+class DeepConfig(MethodConfig):
+    """Settings of methods trained with :func:`core.train.loop.fit`."""
+
+    train: loop.TrainConfig = field(default_factory=loop.TrainConfig)
+
+
+@dataclass
+class Prediction:
+    """Class probabilities (``N x C``) and the forward pass's explain outputs."""
+
+    proba: np.ndarray
+    output: ModelOutput
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.proba.argmax(1)
+
+
+class Method(ABC):
+    """Base of all methods. Subclasses implement :meth:`_fit` and :meth:`_forward_prepared`."""
+
+    name: ClassVar[str] = "method"
+    Config: ClassVar[type] = MethodConfig
+    #: modality kinds the method accepts; checked at construction
+    kinds: ClassVar[tuple[str, ...]] = ("omics", "image")
+
+    def __init__(self, specs: dict[str, ModalitySpec], classes: tuple[str, ...], config: MethodConfig):
+        if not specs:
+            raise MMXError(f"method {self.name!r} needs at least one modality")
+        bad = [m for m, s in specs.items() if s.kind not in self.kinds]
+        if bad:
+            raise MMXError(f"method {self.name!r} accepts {self.kinds} modalities, not {bad}")
+        self.specs = dict(specs)
+        self.classes = tuple(classes)
+        self.config = config
+        self.prep = InputPrep(self.specs, config.scaling)
+        self.device = torch.device("cpu")
+        self.fit_result: loop.FitResult | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    # ------------------------------------------------------------ public API
+    def fit(self, data: MultimodalDataset, split: Split, *, seed: int = 0, device: str = "auto",
+            progress: bool = False, callback: Callable[[int, int, dict], None] | None = None) -> loop.FitResult:
+        """Fit on ``split.train`` (selecting on ``split.val``); returns what the loop recorded."""
+        data = self.check_data(data)
+        seed_everything(seed)
+        self.device = resolve_device(device)
+        tr = torch.as_tensor(split.train)
+        self.prep.fit({m: data.modalities[m][tr] for m in self.specs}, {m: data.present[m][tr] for m in self.specs})
+        self.fit_result = self._fit(data, split, seed, progress, callback)
+        return self.fit_result
+
+    def predict(self, data: MultimodalDataset, idx: np.ndarray | None = None, *,
+                mask: dict[str, str | MaskSpec] | None = None) -> Prediction:
+        """Probabilities and explain outputs for samples ``idx`` (all when None), with the
+        modalities in ``mask`` masked at test time."""
+        data = self.check_data(data)
+        idx = np.arange(len(data)) if idx is None else np.asarray(idx)
+        masks = parse_mask(mask, self.specs)
+        out = self._predict_outputs(data, idx, masks)
+        return Prediction(torch.softmax(out.logits.float(), 1).numpy(), out)
+
+    def check_data(self, data: MultimodalDataset) -> MultimodalDataset:
+        """Select this method's modalities from ``data`` and check features, shapes and classes."""
+        missing = [m for m in self.specs if m not in data.specs]
+        if missing:
+            raise MMXError(f"data {data.name!r} lacks modalities {missing} that method {self.name!r} was built for")
+        data = data.select(list(self.specs))
+        for m, s in self.specs.items():
+            d = data.specs[m]
+            if s.kind != d.kind or s.feature_names != d.feature_names or s.image_shape != d.image_shape:
+                raise MMXError(f"modality {m!r} of data {data.name!r} does not match the method's "
+                               f"(features or image shape differ)")
+        if tuple(data.classes) != self.classes:
+            raise MMXError(f"data classes {data.classes} differ from the method's {self.classes}")
+        return data
+
+    # ------------------------------------------------------------ shared helpers
+    def prepared(self, batch: dict, masks: dict[str, MaskSpec] | None = None,
+                 feature_maps: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Scaled inputs of a batch, masked where asked."""
+        x = self.prep(batch["x"])
+        return apply_mask(x, masks, self.prep.training_mean, feature_maps) if masks else x
+
+    @abstractmethod
+    def _fit(self, data: MultimodalDataset, split: Split, seed: int, progress: bool, callback) -> loop.FitResult:
+        ...
+
+    @abstractmethod
+    def _predict_outputs(self, data: MultimodalDataset, idx: np.ndarray, masks: dict[str, MaskSpec]) -> ModelOutput:
+        ...
+
+
+class Net(nn.Module):
+    """A method's network: ``forward(x, present) -> ModelOutput`` on prepared inputs, and a
+    loss (default: class-weighted cross-entropy on the fused logits)."""
+
+    def loss(self, out: ModelOutput, y: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        ce = nn.functional.cross_entropy(out.logits.float(), y, weight=weight)
+        return ce, {"ce": float(ce.detach())}
+
+
+class TorchMethod(Method):
+    """A method whose model is one :class:`Net` trained by the shared loop."""
+
+    Config: ClassVar[type] = DeepConfig
+
+    def __init__(self, specs, classes, config):
+        super().__init__(specs, classes, config)
+        self.net = self.build_net()
+
+    @abstractmethod
+    def build_net(self) -> Net:
+        ...
+
+    def module(self) -> nn.Module:
+        """Everything a checkpoint must hold: the net and the input preparation."""
+        return nn.ModuleDict({"prep": self.prep, "net": self.net})
+
+    def forward(self, batch: dict, train: bool = False, masks: dict[str, MaskSpec] | None = None) -> ModelOutput:
+        return self.net(self.prepared(batch, masks), batch["present"])
+
+    def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
+        self.net = self.build_net()  # fresh weights drawn under the seed just set
+        self.module().to(self.device)
+        return loop.fit(self.net, self.forward, data, split.train, split.val, self.config.train, self.device,
+                        seed, progress, callback)
+
+    def _predict_outputs(self, data, idx, masks) -> ModelOutput:
+        self.module().to(self.device)
+        bs = self.config.train.batch_size
+        maps = None
+        if any(s.mode == "topk" for s in masks.values()):  # rank patches by the unmasked map first
+            maps = loop.predict_outputs(self.net, self.forward, data, idx, self.device, bs).feature_maps
+            pos = torch.full((len(data),), -1, dtype=torch.long)
+            pos[torch.as_tensor(idx)] = torch.arange(len(idx))
+
+        def fwd(batch: dict, train: bool) -> ModelOutput:
+            fm = None if maps is None else {m: v[pos[batch["index"]]].to(self.device) for m, v in maps.items()}
+            return self.net(self.prepared(batch, masks, fm), batch["present"])
+
+        return loop.predict_outputs(self.net, fwd, data, idx, self.device, bs)

@@ -1,0 +1,56 @@
+"""Input preparation that travels with the weights: omics scaling with training statistics,
+images from uint8 to [0, 1]. Kept as buffers so a checkpoint is self-contained."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.data.dataset import ModalitySpec
+
+
+class InputPrep(nn.Module):
+    """Min-max (the MM dynamics recipe) or standard scaling per omics modality, fitted on the
+    training rows where the modality is present. Also keeps the training mean (after scaling)
+    for mean-masking."""
+
+    def __init__(self, specs: dict[str, ModalitySpec], scaling: str = "minmax"):
+        super().__init__()
+        if scaling not in ("minmax", "standard", "none"):
+            raise ValueError(f"unknown scaling {scaling!r}")
+        self.specs = specs
+        self.scaling = scaling
+        for m, s in specs.items():
+            if s.kind == "omics":
+                self.register_buffer(f"shift_{m}", torch.zeros(s.n_features))
+                self.register_buffer(f"scale_{m}", torch.ones(s.n_features))
+                self.register_buffer(f"mean_{m}", torch.zeros(s.n_features))
+
+    @torch.no_grad()
+    def fit(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> "InputPrep":
+        for m, s in self.specs.items():
+            if s.kind != "omics":
+                continue
+            rows = x[m][present[m]].float()
+            if self.scaling == "minmax":
+                shift, scale = rows.min(0).values, rows.max(0).values - rows.min(0).values
+            elif self.scaling == "standard":
+                shift, scale = rows.mean(0), rows.std(0)
+            else:
+                shift, scale = torch.zeros_like(rows[0]), torch.ones_like(rows[0])
+            scale = torch.where(scale > 1e-8, scale, torch.ones_like(scale))
+            getattr(self, f"shift_{m}").copy_(shift)
+            getattr(self, f"scale_{m}").copy_(scale)
+            getattr(self, f"mean_{m}").copy_(((rows - shift) / scale).mean(0))
+        return self
+
+    def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for m, v in x.items():
+            if self.specs[m].kind == "omics":
+                out[m] = (v.float() - getattr(self, f"shift_{m}")) / getattr(self, f"scale_{m}")
+            else:
+                out[m] = v.float() / 255.0 if v.dtype == torch.uint8 else v.float()
+        return out
+
+    def training_mean(self, m: str) -> torch.Tensor:
+        return getattr(self, f"mean_{m}")

@@ -1,0 +1,176 @@
+"""The one training loop every deep method uses.
+
+Early stopping on a validation metric with a *copy* of the best weights, class-weighted
+loss, CUDA mixed precision when present, random flips only while training, seeded order.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from core import metrics
+from core.data.dataset import MultimodalDataset
+from core.models.output import ModelOutput
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the deep methods (each method sets its defaults)."""
+
+    epochs: int = 100
+    batch_size: int | None = 64  # None: full batch
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_step: int | None = None  # StepLR step (epochs); None: constant learning rate
+    lr_gamma: float = 0.2
+    patience: int | None = 20  # epochs without validation improvement; None: run all epochs
+    monitor: str = "balanced_accuracy"  # a metric from core.metrics, or "loss"
+    augment: bool = False  # random horizontal/vertical flips of images, training only
+    class_weighted: bool = True
+    eval_every: int = 1
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``N / (C * n_c)`` from the training labels (1 for absent classes)."""
+    counts = torch.bincount(y, minlength=n_classes).float()
+    w = len(y) / (n_classes * counts.clamp(min=1))
+    return torch.where(counts > 0, w, torch.ones_like(w))
+
+
+def random_flips(x: dict[str, torch.Tensor], image_modalities: list[str], gen: torch.Generator) -> dict:
+    """Flip each image left-right and/or up-down with probability 1/2 (training only)."""
+    out = dict(x)
+    for m in image_modalities:
+        v = out[m]
+        n = v.shape[0]
+        h = torch.rand(n, generator=gen) < 0.5
+        w = torch.rand(n, generator=gen) < 0.5
+        v = torch.where(h.to(v.device)[:, None, None, None], v.flip(-1), v)
+        out[m] = torch.where(w.to(v.device)[:, None, None, None], v.flip(-2), v)
+    return out
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        "x": {m: v.to(device, non_blocking=True) for m, v in batch["x"].items()},
+        "present": {m: v.to(device) for m, v in batch["present"].items()},
+        "y": batch["y"].to(device),
+        "index": batch["index"],
+    }
+
+
+def iterate(n_or_idx: np.ndarray, batch_size: int | None, gen: torch.Generator | None = None):
+    """Index chunks of ``n_or_idx``; shuffled when a generator is given."""
+    idx = torch.as_tensor(n_or_idx)
+    if gen is not None:
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+    size = len(idx) if not batch_size else batch_size
+    for s in range(0, len(idx), size):
+        yield idx[s:s + size]
+
+
+def fit(
+    net: nn.Module,
+    forward: Callable[[dict, bool], ModelOutput],
+    data: MultimodalDataset,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+    progress: bool = False,
+    callback: Callable[[int, int, dict], None] | None = None,
+    params: list[nn.Parameter] | None = None,
+) -> FitResult:
+    """Train ``net`` in place; on return it holds the best-validation weights.
+
+    ``forward(batch, train)`` prepares a device batch and runs the net; ``net.loss(out, y,
+    weight)`` returns ``(loss, terms)``. ``params`` restricts what the optimiser updates.
+    """
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    weight = class_weights(data.y[torch.as_tensor(train_idx)], data.n_classes).to(device) if cfg.class_weighted else None
+    opt = torch.optim.Adam(params if params is not None else [p for p in net.parameters() if p.requires_grad],
+                           lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step else None
+    amp = device.type == "cuda"
+    higher = cfg.monitor != "loss"
+    best = (-np.inf if higher else np.inf, np.inf)
+    best_state, best_epoch, history, stale = None, 0, [], 0
+    bar = range(1, cfg.epochs + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="epochs", leave=False)
+    for epoch in bar:
+        net.train()
+        total, seen = 0.0, 0
+        for idx in iterate(train_idx, cfg.batch_size, gen):
+            batch = to_device(data.batch(idx), device)
+            if cfg.augment:
+                batch["x"] = random_flips(batch["x"], [m for m, s in data.specs.items() if s.kind == "image"], gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = forward(batch, True)
+                loss, _ = net.loss(out, batch["y"], weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        if sched is not None:
+            sched.step()
+        if epoch % cfg.eval_every and epoch != cfg.epochs:
+            continue
+        val = evaluate(net, forward, data, val_idx, device, weight, cfg.batch_size)
+        score = val["loss"] if cfg.monitor == "loss" else val[cfg.monitor]
+        history.append({"epoch": epoch, "train_loss": total / max(seen, 1), **val})
+        better = (score > best[0] or (score == best[0] and val["loss"] < best[1])) if higher else score < best[0]
+        if better:
+            best, best_epoch, stale = (score, val["loss"]), epoch, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += cfg.eval_every
+        if progress:
+            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", val=f"{score:.3f}")
+        if callback is not None:
+            callback(epoch, cfg.epochs, history[-1])
+        if cfg.patience is not None and stale >= cfg.patience:
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return FitResult(best_epoch, float(best[0]), epoch, time.perf_counter() - t0, history)
+
+
+@torch.no_grad()
+def predict_outputs(net: nn.Module, forward: Callable[[dict, bool], ModelOutput], data: MultimodalDataset,
+                    idx: np.ndarray, device: torch.device, batch_size: int | None = 256) -> ModelOutput:
+    """Forward ``idx`` in eval mode, batch by batch, gathered on the CPU."""
+    net.eval()
+    parts = []
+    for chunk in iterate(np.asarray(idx), batch_size or 256):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            parts.append(forward(to_device(data.batch(chunk), device), False).detach_cpu())
+    return ModelOutput.concat(parts)
+
+
+def evaluate(net, forward, data, idx, device, weight, batch_size) -> dict:
+    out = predict_outputs(net, forward, data, idx, device, batch_size)
+    y = data.y[torch.as_tensor(idx)]
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(out.logits, y, weight=None if weight is None else weight.cpu())
+    return {"loss": float(loss), **metrics.compute(y.numpy(), torch.softmax(out.logits, 1).numpy(), with_auroc=False)}

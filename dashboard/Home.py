@@ -1,0 +1,43 @@
+"""Home: what the tool does and which tasks (data sets) this machine has."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from common import available_tasks, data_banner, list_tasks, load_task, show_error
+
+st.set_page_config(page_title="mmx: explainable multimodal classification", layout="wide")
+st.title("Explainable multimodal classification")
+st.write(
+    "Train and compare multimodal classifiers on cells (RNA + protein + microscopy) and paired "
+    "medical images, and see *why* a model decided: informative patches, genes and proteins, "
+    "modality weights, masked or missing modalities, and guidance from an expensive modality."
+)
+data_banner()
+
+rows = []
+available = set(available_tasks())
+for info in list_tasks():
+    row = {"task": info.name, "description": info.description, "available": info.name in available}
+    if row["available"]:
+        try:
+            s = load_task(info.name).dataset.summary()
+            row.update(samples=s["samples"], classes=len(s["classes"]),
+                       modalities="; ".join(f"{m}: {d}" for m, d in s["modalities"].items()),
+                       groups=s["groups"], synthetic=s["synthetic"])
+        except Exception as e:  # a broken data folder must not take the page down
+            show_error(e)
+            row["available"] = False
+    rows.append(row)
+
+st.subheader("Tasks found")
+table = pd.DataFrame(rows)
+st.dataframe(table, hide_index=True, width="stretch")
+st.download_button("Download table (CSV)", table.to_csv(index=False), "tasks.csv", "text/csv")
+if "demo" in available:
+    st.caption("`demo` is **synthetic** data generated for tests and for machines without data.")
+
+choice = st.selectbox("Class counts of", [r["task"] for r in rows if r["available"]])
+if choice:
+    ds = load_task(choice).dataset
+    counts = pd.DataFrame({"class": list(ds.classes), "samples": list(ds.class_counts().values())})
+    st.bar_chart(counts, x="class", y="samples")

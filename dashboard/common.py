@@ -1,0 +1,41 @@
+"""What every page shares: cached task loading, the data-root banner, error display.
+
+Pages stay thin: they read inputs, call ``core`` and show figures from ``core.viz``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run dashboard/Home.py` from anywhere
+
+from core.data.tasks import TaskData, get_task, list_tasks  # noqa: E402
+from core.errors import MMXError  # noqa: E402
+from core.paths import data_root  # noqa: E402
+
+
+@st.cache_resource(show_spinner="Loading data…")
+def load_task(name: str) -> TaskData:
+    return get_task(name)
+
+
+def available_tasks() -> list[str]:
+    root = data_root()
+    return [t.name for t in list_tasks() if t.available(root)]
+
+
+def data_banner() -> None:
+    """Say where the data comes from; warn loudly when only synthetic data is available."""
+    root = data_root()
+    if root is None:
+        st.warning("No data folder found (set MMX_DATA_DIR or put data in ./data). Only the **synthetic** "
+                   "`demo` task is available: its numbers say nothing about real cells.")
+    else:
+        st.caption(f"Data root: `{root}`")
+
+
+def show_error(e: Exception) -> None:
+    """Show a bad-input error in the page and keep the app running."""
+    st.error(str(e) if isinstance(e, MMXError) else f"Unexpected error: {type(e).__name__}: {e}")

@@ -1,0 +1,89 @@
+"""The dashboard runs: Streamlit's AppTest for each page, and one real-browser check."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_home_lists_tasks(data_dir):
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["task"]) >= {"cells", "rosmap", "derm7pt", "pbc", "demo"}
+    cells = table.set_index("task").loc["cells"]
+    assert cells["available"] and cells["samples"] == 600
+
+
+def test_home_without_data_says_synthetic(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMX_DATA_DIR", str(tmp_path / "nothing"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("core.paths.REPO_ROOT", tmp_path)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
+    assert not at.exception
+    assert any("synthetic" in w.value for w in at.warning)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(data_dir):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "Home.py"), "--server.headless", "true",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def browser_required():
+    if shutil.which("chromium") is None and not os.path.exists("/usr/bin/chromium"):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: CI must install it (setup.sh --test)")
+        pytest.skip("chromium not installed")
+
+
+def test_home_in_real_browser(server, tmp_path):
+    browser_required()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            page.get_by_text("Tasks found", exact=True).wait_for(timeout=60_000)
+            page.get_by_text("Class counts of").wait_for(timeout=60_000)
+            page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(tmp_path / "home.png"), full_page=True)
+        finally:
+            browser.close()
