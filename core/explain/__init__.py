@@ -1,0 +1,1 @@
+"""Explanations: informativeness maps, modality weights, attributions, masking, comparisons."""

@@ -1,0 +1,51 @@
+"""Figure export: interactive HTML always; PNG/SVG through kaleido when a Chrome/Chromium is
+on the machine (kaleido needs one). :func:`static_export_available` tells which."""
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+
+
+@functools.lru_cache(maxsize=1)
+def static_export_available() -> bool:
+    """True when kaleido can render PNG/SVG here (it needs Chrome or Chromium)."""
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")):
+        return False
+    try:
+        go.Figure().to_image(format="png", width=10, height=10)
+        return True
+    except Exception:
+        return False
+
+
+def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550) -> bytes:
+    """The figure as ``html``, ``png`` or ``svg`` bytes (PNG/SVG need :func:`static_export_available`)."""
+    if fmt == "html":
+        return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+    if fmt in ("png", "svg"):
+        if not static_export_available():
+            raise RuntimeError("static export needs Chrome/Chromium on this machine (install chromium); "
+                               "HTML export works without it")
+        return fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1)
+    raise ValueError(f"unknown figure format {fmt!r}")
+
+
+def save_figure(fig: go.Figure, stem: str | Path, formats: tuple[str, ...] = ("html", "png")) -> list[Path]:
+    """Write ``stem.<fmt>`` for each format (atomically); formats that cannot be made here are
+    skipped and not returned."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        if fmt in ("png", "svg") and not static_export_available():
+            continue
+        data = figure_bytes(fig, fmt)
+        tmp = stem.with_name(f".{stem.name}.{fmt}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(stem.with_suffix(f".{fmt}"))
+        written.append(stem.with_suffix(f".{fmt}"))
+    return written
