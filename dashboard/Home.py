@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from common import available_tasks, data_banner, list_tasks, load_task, show_error
+from common import available_tasks, data_banner, figure, list_tasks, load_task, show_error
+
+from core.viz.overview import class_counts_figure
 
 st.set_page_config(page_title="mmx: explainable multimodal classification", layout="wide")
 st.title("Explainable multimodal classification")
@@ -38,6 +40,4 @@ if "demo" in available:
 
 choice = st.selectbox("Class counts of", [r["task"] for r in rows if r["available"]])
 if choice:
-    ds = load_task(choice).dataset
-    counts = pd.DataFrame({"class": list(ds.classes), "samples": list(ds.class_counts().values())})
-    st.bar_chart(counts, x="class", y="samples")
+    figure(class_counts_figure(load_task(choice).dataset), f"{choice}_class_counts")

@@ -36,6 +36,23 @@ def data_banner() -> None:
         st.caption(f"Data root: `{root}`")
 
 
+def figure(fig, name: str) -> None:
+    """Show a plotly figure with PNG, SVG and interactive-HTML downloads (rendered on click)."""
+    from core.viz.export import figure_bytes, static_export_available
+
+    st.plotly_chart(fig, width="stretch")
+    cols = st.columns([1, 1, 1, 6])
+    formats = [("HTML", "html", "text/html")]
+    if static_export_available():
+        formats += [("PNG", "png", "image/png"), ("SVG", "svg", "image/svg+xml")]
+    for col, (label, fmt, mime) in zip(cols, formats):
+        col.download_button(label, lambda fmt=fmt: figure_bytes(fig, fmt), f"{name}.{fmt}", mime,
+                            key=f"{name}-{fmt}", on_click="ignore")
+    if len(formats) == 1:
+        cols[1].caption("PNG/SVG export needs Chromium on this machine (`bash setup.sh --test` installs it); "
+                        "the chart toolbar's camera button saves a PNG.")
+
+
 def show_error(e: Exception) -> None:
     """Show a bad-input error in the page and keep the app running."""
     st.error(str(e) if isinstance(e, MMXError) else f"Unexpected error: {type(e).__name__}: {e}")

@@ -83,6 +83,11 @@ def test_home_in_real_browser(server, tmp_path):
             page.get_by_text("Tasks found", exact=True).wait_for(timeout=60_000)
             page.get_by_text("Class counts of").wait_for(timeout=60_000)
             page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
+            page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+            for label, magic in (("PNG", b"\x89PNG"), ("SVG", b"<svg"), ("HTML", b"<html")):
+                with page.expect_download(timeout=60_000) as dl:
+                    page.get_by_role("button", name=label, exact=True).click()
+                assert magic in open(dl.value.path(), "rb").read(200), label
             assert page.locator("[data-testid='stException']").count() == 0
             page.screenshot(path=str(tmp_path / "home.png"), full_page=True)
         finally:
