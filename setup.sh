@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 $PY -m pip install -q torch==2.14.1 torchvision==0.29.1
 $PY -m pip install -q -r requirements.txt
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
