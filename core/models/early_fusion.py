@@ -2,7 +2,10 @@
 
 Features are the method's prepared inputs (omics scaled with training statistics; images
 average-pooled to a small grid and flattened); a missing modality contributes zeros. The
-pipeline's standardisation is fitted on the training rows only.
+pipeline's standardisation is fitted on the training rows only. Methods: ``early_knn``,
+``early_lr``, ``early_mlp``, ``early_rf``, ``early_svm`` (the seed study's KNN, LR, NN, RF and
+SVM rows); all give class probabilities and go through the same fit / predict / mask calls
+as the deep methods.
 """
 from __future__ import annotations
 
@@ -11,9 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 from core.models.base import Method, MethodConfig
 from core.models.output import ModelOutput
@@ -72,3 +80,63 @@ class LogRegConfig(EarlyFusionConfig):
 class EarlyLogReg(SklearnMethod):
     def estimator(self, seed: int):
         return LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=seed)
+
+
+@dataclass
+class KNNConfig(EarlyFusionConfig):
+    n_neighbors: int = 5
+    weights: str = "uniform"  # uniform | distance
+
+
+@register_method("early_knn", KNNConfig, family="baseline",
+                 description="early fusion: concatenated features, standardised, k-nearest neighbours")
+class EarlyKNN(SklearnMethod):
+    def estimator(self, seed: int):
+        return KNeighborsClassifier(n_neighbors=self.config.n_neighbors, weights=self.config.weights)
+
+
+@dataclass
+class MLPConfig(EarlyFusionConfig):
+    hidden: tuple[int, ...] = (100,)
+    alpha: float = 1e-4  # L2 penalty
+    max_iter: int = 500
+
+
+@register_method("early_mlp", MLPConfig, family="baseline",
+                 description="early fusion: concatenated features, standardised, multilayer perceptron (scikit-learn)")
+class EarlyMLP(SklearnMethod):
+    def estimator(self, seed: int):
+        return MLPClassifier(hidden_layer_sizes=tuple(self.config.hidden), alpha=self.config.alpha,
+                             max_iter=self.config.max_iter, random_state=seed)
+
+
+@dataclass
+class ForestConfig(EarlyFusionConfig):
+    n_estimators: int = 500
+    max_features: str = "sqrt"
+    n_jobs: int = 1
+
+
+@register_method("early_rf", ForestConfig, family="baseline",
+                 description="early fusion: concatenated features, random forest")
+class EarlyRF(SklearnMethod):
+    def estimator(self, seed: int):
+        return RandomForestClassifier(n_estimators=self.config.n_estimators, max_features=self.config.max_features,
+                                      n_jobs=self.config.n_jobs, random_state=seed)
+
+
+@dataclass
+class SVMConfig(EarlyFusionConfig):
+    C: float = 1.0
+    kernel: str = "rbf"
+    calibration_folds: int = 5
+
+
+@register_method("early_svm", SVMConfig, family="baseline",
+                 description="early fusion: concatenated features, standardised, SVM with Platt-scaled probabilities")
+class EarlySVM(SklearnMethod):
+    def estimator(self, seed: int):
+        # Platt scaling fitted on cross-validated decision values of the training rows; one final SVC
+        # on all of them (what SVC(probability=True) did before scikit-learn 1.9 deprecated it)
+        return CalibratedClassifierCV(SVC(C=self.config.C, kernel=self.config.kernel), method="sigmoid",
+                                      cv=self.config.calibration_folds, ensemble=False)
