@@ -1,0 +1,94 @@
+"""Baseline tables: the seed study's "Reproduction of MM dynamics" rows in one harness.
+
+- ``cells/reproduction_rp``: RNA + protein, leave-one-donor-out x 3 seeds; KNN, LR, NN, RF
+  and SVM (early fusion), HEALNet (intermediate), MCAT, MM static and MM dynamics (late).
+- ``rosmap/baselines``: the same methods on ROSMAP (mRNA + methylation + miRNA), the MOGONET
+  train/test split x 5 seeds. MCAT takes exactly two omics: mRNA guides methylation, fixed
+  before any result was seen (mRNA plays the paper's genomic role).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core import metrics
+from core.experiments import command, register_experiment
+from core.train.experiment import Row, run_table
+
+EARLY = (("KNN", "early_knn"), ("LR", "early_lr"), ("NN", "early_mlp"), ("RF", "early_rf"), ("SVM", "early_svm"))
+
+
+def reproduction_rows(modalities: tuple[str, ...], mcat_modalities: tuple[str, str],
+                      mcat_label: str = "MCAT (late)") -> list[Row]:
+    """The nine rows, labelled ``method (fusion)`` as in the seed study's table; MCAT's first
+    modality guides."""
+    rows = [Row(f"{label} (early)", name, modalities) for label, name in EARLY]
+    return rows + [
+        Row("HEALNet (intermediate)", "healnet", modalities),
+        Row(mcat_label, "mcat", mcat_modalities, {"guide": mcat_modalities[0]}),
+        Row("MM static (late)", "mm_static", modalities),
+        Row("MM dynamics (late)", "mm_dynamics", modalities),
+    ]
+
+
+def strongest(summaries: dict[str, dict], columns: tuple[str, ...] = metrics.SIX) -> str:
+    """Says, from the means, which row leads each column, and whether LR is the strongest."""
+    leaders = {c: max(summaries, key=lambda r: summaries[r][c][0]) for c in columns}
+    wins = {r: sum(leaders[c] == r for c in columns) for r in summaries}
+    top = max(wins, key=wins.get)
+    lr = next(r for r in summaries if r.startswith("LR"))
+    key = "f1_weighted"
+    lr_m, lr_s = summaries[lr][key]
+    best = leaders[key]
+    b_m, b_s = summaries[best][key]
+    lead = ", ".join(f"{metrics.LABELS[c]}: {leaders[c]}" for c in columns)
+    if top == lr:
+        verdict = (f"LR is again the strongest: it has the best mean in {wins[lr]} of {len(columns)} columns "
+                   f"(F1 weighted {metrics.fmt(lr_m, lr_s)}).")
+    else:
+        verdict = (f"LR is not the strongest here: {top} has the best mean in {wins[top]} of {len(columns)} "
+                   f"columns, LR in {wins[lr]} (F1 weighted: LR {metrics.fmt(lr_m, lr_s)}, "
+                   f"{best} {metrics.fmt(b_m, b_s)}).")
+    gap = abs(b_m - lr_m)
+    if best != lr:
+        verdict += (" The F1 gap between them is smaller than one standard deviation of either, so the runs do "
+                    "not separate them." if gap < min(lr_s, b_s) else
+                    " The F1 gap between them is larger than one standard deviation of either.")
+    deep = [r for r in summaries if r.split(" (")[0] in ("HEALNet", "MCAT", "MM static", "MM dynamics")]
+    early = [r for r in summaries if r.endswith("(early)")]
+    best_deep = max(deep, key=lambda r: summaries[r][key][0])
+    best_early = max(early, key=lambda r: summaries[r][key][0])
+    relation = "above" if summaries[best_deep][key][0] > summaries[best_early][key][0] else "at or below"
+    return (f"{verdict}\n\nBest mean per column: {lead}.\n\nThe best deep model by F1 weighted, {best_deep} "
+            f"({metrics.fmt(*summaries[best_deep][key])}), is {relation} the best early-fusion baseline, "
+            f"{best_early} ({metrics.fmt(*summaries[best_early][key])}).")
+
+
+def _command(name: str) -> str:
+    """The command line, with the thread setting when one was given (it can change the last
+    bits of CPU arithmetic, and so the deep rows)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + command(name)
+
+
+@register_experiment("cells/reproduction_rp",
+                     "seed study's reproduction table on RNA + protein: 5 early-fusion baselines, HEALNet, MCAT, "
+                     "MM static, MM dynamics; leave-one-donor-out x 3 seeds")
+def cells_reproduction(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+    name = "cells/reproduction_rp"
+    _, path = run_table("reproduction_rp", "Reproduction of MM dynamics on cells (RNA + protein)", "cells",
+                        reproduction_rows(("rna", "protein"), ("rna", "protein")), device=device, out_dir=out_dir,
+                        data_dir=data_dir, findings=strongest, progress=progress, command=_command(name))
+    return [path, path.with_suffix(".json")]
+
+
+@register_experiment("rosmap/baselines",
+                     "the reproduction table's methods on ROSMAP (MOGONET split x 5 seeds); MCAT on mRNA + methylation")
+def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+    name = "rosmap/baselines"
+    rows = reproduction_rows(("mRNA", "methylation", "miRNA"), ("mRNA", "methylation"),
+                             "MCAT (late; mRNA + methylation)")
+    _, path = run_table("baselines", "Baselines on ROSMAP (AD vs normal)", "rosmap", rows, device=device,
+                        out_dir=out_dir, data_dir=data_dir, findings=strongest, progress=progress,
+                        command=_command(name))
+    return [path, path.with_suffix(".json")]
