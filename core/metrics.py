@@ -58,6 +58,19 @@ def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([(pred[y_true == k] == k).mean() for k in present]))
 
 
+def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]) -> float:
+    """Two-sided exact McNemar p-value for two classifiers on the same samples: a binomial
+    test (p = 1/2) on the discordant pairs, b = only A right and c = only B right."""
+    from scipy.stats import binom
+
+    y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    right_a, right_b = pred_a == y_true, pred_b == y_true
+    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    if b + c == 0:
+        return 1.0
+    return float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
+
+
 def summarize(runs: Iterable[dict[str, float]]) -> dict[str, tuple[float, float]]:
     """Mean and (population) std of each metric over runs."""
     runs = list(runs)

@@ -169,8 +169,14 @@ def predict_outputs(net: nn.Module, forward: Callable[[dict, bool], ModelOutput]
 
 
 def evaluate(net, forward, data, idx, device, weight, batch_size) -> dict:
+    """Validation loss and metrics. The loss is class-weighted cross-entropy on the logits, or
+    ``net.validation_loss(out, y)`` where a net defines one (e.g. a regression stage)."""
     out = predict_outputs(net, forward, data, idx, device, batch_size)
     y = data.y[torch.as_tensor(idx)]
+    custom = getattr(net, "validation_loss", None)
     with torch.no_grad():
-        loss = nn.functional.cross_entropy(out.logits, y, weight=None if weight is None else weight.cpu())
+        if custom is not None:
+            loss = custom(out, y)
+        else:
+            loss = nn.functional.cross_entropy(out.logits, y, weight=None if weight is None else weight.cpu())
     return {"loss": float(loss), **metrics.compute(y.numpy(), torch.softmax(out.logits, 1).numpy(), with_auroc=False)}
