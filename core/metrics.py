@@ -14,7 +14,7 @@ SIX = ("f1_weighted", "f1_macro", "recall_weighted", "precision_weighted", "accu
 LABELS = {
     "f1_weighted": "F1 (weighted)", "f1_macro": "F1 macro", "recall_weighted": "Recall (weighted)",
     "precision_weighted": "Precision (weighted)", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
-    "auroc": "AUROC", "f1_micro": "F1 micro",
+    "auroc": "AUROC", "f1_micro": "F1 micro", "f1": "F1 (positive class)",
 }
 
 
@@ -47,6 +47,8 @@ def compute(y_true: Sequence[int], proba: np.ndarray, with_auroc: bool | None = 
         "balanced_accuracy": _balanced_accuracy(y_true, pred),
         "f1_micro": skm.f1_score(y_true, pred, average="micro", **kw),
     }
+    if proba.shape[1] == 2:  # binary F1 of the positive class, the "F1" of MOGONET's tables
+        out["f1"] = skm.f1_score(y_true, pred, average="binary", pos_label=1, zero_division=0)
     if with_auroc or (with_auroc is None and proba.shape[1] == 2):
         out["auroc"] = auroc(y_true, proba)
     return {k: float(v) for k, v in out.items()}

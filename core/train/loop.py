@@ -33,6 +33,9 @@ class TrainConfig:
     augment: bool = False  # random horizontal/vertical flips of images, training only
     class_weighted: bool = True
     eval_every: int = 1
+    # True: no selection. Train on train + validation for exactly ``epochs`` epochs and keep the
+    # final weights (the protocol of the MM dynamics reference code)
+    fixed_schedule: bool = False
 
 
 @dataclass
@@ -102,6 +105,8 @@ def fit(
     weight)`` returns ``(loss, terms)``. ``params`` restricts what the optimiser updates.
     """
     t0 = time.perf_counter()
+    if cfg.fixed_schedule:  # nothing is selected, so the validation rows train too
+        train_idx = np.concatenate([np.asarray(train_idx), np.asarray(val_idx)])
     gen = torch.Generator().manual_seed(seed)
     weight = class_weights(data.y[torch.as_tensor(train_idx)], data.n_classes).to(device) if cfg.class_weighted else None
     opt = torch.optim.Adam(params if params is not None else [p for p in net.parameters() if p.requires_grad],
@@ -133,6 +138,12 @@ def fit(
             seen += len(idx)
         if sched is not None:
             sched.step()
+        if cfg.fixed_schedule:
+            history.append({"epoch": epoch, "train_loss": total / max(seen, 1)})
+            best_epoch = epoch
+            if callback is not None:
+                callback(epoch, cfg.epochs, history[-1])
+            continue
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
         val = evaluate(net, forward, data, val_idx, device, weight, cfg.batch_size)
