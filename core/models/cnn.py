@@ -1,0 +1,50 @@
+"""``cnn``: the image-only baseline (the seed study's "CNN (I)"): the shared small CNN encoder
+and a linear classifier on one image modality, trained with class-weighted CE."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.errors import MMXError
+from core.models.base import DeepConfig, Net, TorchMethod
+from core.models.encoders import SmallCNN
+from core.models.output import ModelOutput
+from core.models.registry import register_method
+from core.train.loop import TrainConfig
+
+
+@dataclass
+class CNNConfig(DeepConfig):
+    latent: int = 500
+    dropout: float = 0.5
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, batch_size=32, lr=1e-3, patience=15,
+                                                                   augment=True))
+
+
+class CNNNet(Net):
+    def __init__(self, modality: str, in_channels: int, n_classes: int, latent: int, dropout: float):
+        super().__init__()
+        self.modality = modality
+        self.encoder = SmallCNN(in_channels, latent, dropout=dropout)
+        self.classifier = nn.Linear(latent, n_classes)
+
+    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
+        z = self.encoder(x[self.modality])
+        return ModelOutput(self.classifier(z), latents={self.modality: z})
+
+
+@register_method("cnn", CNNConfig, family="baseline", description="image-only small CNN on one image modality")
+class CNN(TorchMethod):
+    kinds = ("image",)
+
+    def __init__(self, specs, classes, config):
+        if len(specs) != 1:
+            raise MMXError(f"method 'cnn' takes exactly one image modality, got {list(specs)}; "
+                           f"select one (e.g. --modalities {next(iter(specs), 'image')})")
+        super().__init__(specs, classes, config)
+
+    def build_net(self) -> Net:
+        (m, spec), = self.specs.items()
+        return CNNNet(m, spec.image_shape[0], self.n_classes, self.config.latent, self.config.dropout)

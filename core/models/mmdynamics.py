@@ -1,0 +1,194 @@
+"""The MM dynamics family: ``mm_dynamics`` (omics and image modalities) and ``mm_static``.
+
+``mm_dynamics`` (Han et al., CVPR 2022; images as in the seed study): per modality a
+feature-informativeness gate (omics: square linear layer + sigmoid; images: the compact U-Net
+patch gate of :mod:`core.models.unet_gate`) multiplied into the input, an encoder, a
+per-modality classifier and a confidence head regressing that classifier's true-class
+probability (TCP); each latent is scaled by its confidence, the latents are concatenated and
+a linear layer classifies. Loss = CE(fused) + per modality [mean gate (L1 sparsity) +
+MSE(confidence, TCP) + CE(modality)], each term weighted once by its own weight (the
+reference code multiplied the classification weight in again for every modality).
+
+Switches: ``feature_informativeness`` (gates and their sparsity term) and
+``modality_informativeness`` (per-modality classifier, confidence scaling and their two
+terms, as in the seed study's ablation). As in the reference, the TCP target is not detached:
+the MSE term trains the confidence head and also the modality classifier that produces the TCP.
+
+``mm_static``: the same encoders, no gates, fixed per-modality weights on the latents,
+concatenation and a linear classifier trained with (class-weighted) CE.
+
+A sample without a modality contributes a zero latent for it and is left out of that
+modality's loss terms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data.dataset import ModalitySpec
+from core.errors import MMXError
+from core.models.base import DeepConfig, Net, TorchMethod
+from core.models.encoders import build_encoder
+from core.models.output import ModelOutput
+from core.models.registry import register_method
+from core.models.unet_gate import PatchGate
+from core.train.loop import TrainConfig
+
+
+def reference_training() -> TrainConfig:
+    """The MM dynamics reference schedule: Adam 1e-4, weight decay 1e-4, full batch, StepLR(500, 0.2)."""
+    return TrainConfig(epochs=1000, batch_size=None, lr=1e-4, weight_decay=1e-4, lr_step=500, lr_gamma=0.2,
+                       patience=None)
+
+
+@dataclass
+class FusionConfig(DeepConfig):
+    """Encoders shared by ``mm_dynamics`` and ``mm_static``."""
+
+    latent: dict[str, int] = field(default_factory=lambda: {"rna": 250, "protein": 35})  # by modality name
+    omics_latent: int = 1000  # other omics modalities (the reference's hidden size)
+    image_latent: int = 500  # image modalities not named in ``latent``
+    dropout: float = 0.5
+    train: TrainConfig = field(default_factory=reference_training)
+
+    def latent_size(self, name: str, spec: ModalitySpec) -> int:
+        return int(self.latent.get(name, self.image_latent if spec.kind == "image" else self.omics_latent))
+
+
+@dataclass
+class DynamicsConfig(FusionConfig):
+    feature_informativeness: bool = True  # FI: gates on the inputs + L1 sparsity of the gates
+    modality_informativeness: bool = True  # MI: TCP confidence scaling + its MSE and per-modality CE
+    patch_size: int = 4  # image gate: pixels per patch side
+    gate_width: int = 16  # image gate: channels of the U-Net on the patch grid
+    w_fused: float = 1.0
+    w_sparsity: float = 1.0
+    w_confidence: float = 1.0
+    w_modality: float = 1.0
+
+
+@dataclass
+class StaticConfig(FusionConfig):
+    modality_weights: dict[str, float] = field(default_factory=dict)  # fixed latent weight (1 when not named)
+
+
+@dataclass
+class DynamicsOutput(ModelOutput):
+    """A training-time output that also carries presence, so the loss can skip absent modalities."""
+
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def xavier_init(net: nn.Module) -> nn.Module:
+    """Xavier-normal weights and zero bias for every linear layer (the reference initialisation)."""
+    for mod in net.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.xavier_normal_(mod.weight)
+            nn.init.zeros_(mod.bias)
+    return net
+
+
+def _encoders(specs: dict[str, ModalitySpec], cfg: FusionConfig) -> nn.ModuleDict:
+    return nn.ModuleDict({m: build_encoder(s, cfg.latent_size(m, s), cfg.dropout) for m, s in specs.items()})
+
+
+def _gate(spec: ModalitySpec, cfg: DynamicsConfig) -> nn.Module:
+    if spec.kind == "image":
+        return PatchGate(spec.image_shape[0], cfg.patch_size, cfg.gate_width)
+    return nn.Sequential(nn.Linear(spec.n_features, spec.n_features), nn.Sigmoid())
+
+
+class MMDynamicsNet(Net):
+    def __init__(self, specs: dict[str, ModalitySpec], n_classes: int, cfg: DynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoders = _encoders(specs, cfg)
+        sizes = {m: cfg.latent_size(m, s) for m, s in specs.items()}
+        self.gates = nn.ModuleDict({m: _gate(s, cfg) for m, s in specs.items()}) if cfg.feature_informativeness else None
+        if cfg.modality_informativeness:
+            self.heads = nn.ModuleDict({m: nn.Linear(d, n_classes) for m, d in sizes.items()})
+            self.confidence = nn.ModuleDict({m: nn.Linear(d, 1) for m, d in sizes.items()})
+        else:
+            self.heads = self.confidence = None
+        self.classifier = nn.Linear(sum(sizes.values()), n_classes)
+        xavier_init(self)
+
+    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> DynamicsOutput:
+        out = DynamicsOutput(logits=torch.empty(0), present=present)
+        for m, encoder in self.encoders.items():
+            v = x[m]
+            if self.gates is not None:
+                gate = self.gates[m](v)
+                out.feature_maps[m] = gate
+                v = v * gate
+            h = encoder(v)
+            if self.heads is not None:
+                out.modality_logits[m] = self.heads[m](h)
+                conf = self.confidence[m](h).squeeze(1)
+                out.modality_weights[m] = conf
+                h = h * conf[:, None]
+            out.latents[m] = h * present[m][:, None].to(h.dtype)
+        out.logits = self.classifier(torch.cat(list(out.latents.values()), 1))
+        return out
+
+    def loss(self, out: DynamicsOutput, y: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        ce = F.cross_entropy(out.logits.float(), y, weight=weight)
+        total = cfg.w_fused * ce
+        terms = {"ce": float(ce.detach())}
+        for m in self.encoders:
+            rows = out.present[m]
+            if not bool(rows.any()):
+                continue
+            if m in out.feature_maps:
+                l1 = out.feature_maps[m][rows].float().mean()
+                total = total + cfg.w_sparsity * l1
+                terms[f"sparsity/{m}"] = float(l1.detach())
+            if m in out.modality_logits:
+                logits, target = out.modality_logits[m][rows].float(), y[rows]
+                tcp = torch.softmax(logits, 1).gather(1, target[:, None]).squeeze(1)
+                mse = F.mse_loss(out.modality_weights[m][rows].float(), tcp)
+                ce_m = F.cross_entropy(logits, target, weight=weight)
+                total = total + cfg.w_confidence * mse + cfg.w_modality * ce_m
+                terms[f"confidence/{m}"] = float(mse.detach())
+                terms[f"modality_ce/{m}"] = float(ce_m.detach())
+        return total, terms
+
+
+class MMStaticNet(Net):
+    def __init__(self, specs: dict[str, ModalitySpec], n_classes: int, cfg: StaticConfig):
+        super().__init__()
+        unknown = set(cfg.modality_weights) - set(specs)
+        if unknown:
+            raise MMXError(f"mm_static: modality weights given for {sorted(unknown)}, which the data lacks "
+                           f"(modalities: {list(specs)})")
+        self.encoders = _encoders(specs, cfg)
+        self.register_buffer("weights", torch.tensor([float(cfg.modality_weights.get(m, 1.0)) for m in specs]))
+        self.classifier = nn.Linear(sum(cfg.latent_size(m, s) for m, s in specs.items()), n_classes)
+        xavier_init(self)
+
+    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
+        out = ModelOutput(logits=torch.empty(0))
+        for i, (m, encoder) in enumerate(self.encoders.items()):
+            h = encoder(x[m])
+            out.latents[m] = h * self.weights[i] * present[m][:, None].to(h.dtype)
+            out.modality_weights[m] = self.weights[i].expand(len(h))
+        out.logits = self.classifier(torch.cat(list(out.latents.values()), 1))
+        return out
+
+
+@register_method("mm_dynamics", DynamicsConfig, family="mm_dynamics",
+                 description="MM dynamics: feature gates (U-Net patch gate for images) + TCP modality confidence")
+class MMDynamics(TorchMethod):
+    def build_net(self) -> Net:
+        return MMDynamicsNet(self.specs, self.n_classes, self.config)
+
+
+@register_method("mm_static", StaticConfig, family="mm_dynamics",
+                 description="MM static: MM dynamics encoders, fixed modality weights, concatenation")
+class MMStatic(TorchMethod):
+    def build_net(self) -> Net:
+        return MMStaticNet(self.specs, self.n_classes, self.config)
