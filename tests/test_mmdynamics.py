@@ -275,6 +275,18 @@ def test_explain_outputs_of_a_forward_pass(fitted):
         info.top_features("image")
 
 
+def test_checkpoint_round_trip_keeps_predictions_and_explanations(fitted, tmp_path):
+    from core.train.checkpoint import load_checkpoint, save_checkpoint
+
+    m, ds, split = fitted
+    loaded = load_checkpoint(save_checkpoint(m, tmp_path / "mm", task="cells"))
+    a, b = explain(m, ds, split.test[:6]), explain(loaded, ds, split.test[:6])
+    np.testing.assert_allclose(a.proba, b.proba, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.patch_maps["image"], b.patch_maps["image"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(MMXError, match="not fitted"):
+        explain(get_method("mm_dynamics", ds.specs, ds.classes), ds, split.test[:2])
+
+
 # ------------------------------------------------------------------ cnn and absent modalities
 def test_cnn_takes_any_single_image_modality(derm7pt, cells):
     ds = derm7pt.dataset
