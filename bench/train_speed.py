@@ -69,7 +69,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.methods.split(",") if args.methods else [m.name for m in list_methods()]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {args.epochs} epochs per deep method")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
+          f"{args.epochs} epochs per deep method")
     for task_name in args.tasks.split(","):
         task = get_task(task_name)
         split = task.splits[task.default_split][0]

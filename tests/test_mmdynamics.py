@@ -104,9 +104,8 @@ def test_fi_mi_switches_remove_exactly_their_terms_and_weights_apply_once(demo, 
     assert set(terms) == want
     assert bool(out.feature_maps) == fi and (m.net.gates is not None) == fi
     assert bool(out.modality_weights) == mi and bool(out.modality_logits) == mi
-    expect = w["w_fused"] * terms["ce"] + sum(
-        {"sparsity": w["w_sparsity"], "confidence": w["w_confidence"], "modality_ce": w["w_modality"]}[k.split("/")[0]] * v
-        for k, v in terms.items() if k != "ce")
+    per_term = {"sparsity": w["w_sparsity"], "confidence": w["w_confidence"], "modality_ce": w["w_modality"]}
+    expect = w["w_fused"] * terms["ce"] + sum(per_term[k.split("/")[0]] * v for k, v in terms.items() if k != "ce")
     assert float(total.detach()) == pytest.approx(expect, rel=1e-5)  # each weight applied once, never compounded
 
 

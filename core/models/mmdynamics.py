@@ -107,7 +107,8 @@ class MMDynamicsNet(Net):
         self.cfg = cfg
         self.encoders = _encoders(specs, cfg)
         sizes = {m: cfg.latent_size(m, s) for m, s in specs.items()}
-        self.gates = nn.ModuleDict({m: _gate(s, cfg) for m, s in specs.items()}) if cfg.feature_informativeness else None
+        fi = cfg.feature_informativeness
+        self.gates = nn.ModuleDict({m: _gate(s, cfg) for m, s in specs.items()}) if fi else None
         if cfg.modality_informativeness:
             self.heads = nn.ModuleDict({m: nn.Linear(d, n_classes) for m, d in sizes.items()})
             self.confidence = nn.ModuleDict({m: nn.Linear(d, 1) for m, d in sizes.items()})
