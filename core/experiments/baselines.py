@@ -4,6 +4,9 @@
   and SVM (early fusion), HEALNet (intermediate), MCAT, MM static and MM dynamics (late).
   MM static / MM dynamics use the training recipe and the seed study's static weights of the
   MM dynamics tables (:mod:`core.experiments.mmdynamics`), so their rows agree across files.
+- ``derm7pt/image_only``: the image-only CNN (the seed study's "CNN (I)") on each derm7pt
+  image, diagnosis, official split x 3 seeds, with the image size and recipe of the
+  ``derm7pt/image_dynamics`` table.
 - ``rosmap/baselines``: the same methods on ROSMAP (mRNA + methylation + miRNA), the MOGONET
   train/test split x 5 seeds. MCAT takes exactly two omics: mRNA guides methylation, fixed
   before any result was seen (mRNA plays the paper's genomic role).
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from core import metrics
 from core.experiments import command, register_experiment
-from core.experiments.mmdynamics import CELLS_TRAIN, SEED_STATIC_WEIGHTS
+from core.experiments.mmdynamics import CELLS_TRAIN, DERM_IMAGE_SIZE, DERM_TRAIN, SEED_STATIC_WEIGHTS
 from core.models.mmdynamics import reference_training
 from core.train.experiment import Row, run_table
 
@@ -124,4 +127,36 @@ def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=F
     _, path = run_table("baselines", "Baselines on ROSMAP (AD vs normal)", "rosmap", rows, device=device,
                         out_dir=out_dir, data_dir=data_dir, findings=_findings(ROSMAP_PROTOCOL), progress=progress,
                         command=_command(name))
+    return [path, path.with_suffix(".json")]
+
+
+DERM_ROWS = [
+    # 9 cases (2 per test set) have no clinical photo: ``unimodal`` trains the CNN on the cases that have
+    # one and gives the others the training class frequencies, instead of showing the CNN a black image
+    Row("CNN (clinical photo)", "unimodal", ("clinic", "derm"), {"modality": "clinic", "base": "cnn",
+                                                                "base_config": DERM_TRAIN}),
+    Row("CNN (dermoscopic image)", "cnn", ("derm",), DERM_TRAIN),
+]
+
+
+def derm_findings(summaries: dict[str, dict]) -> str:
+    clinic, derm = (r.label for r in DERM_ROWS)
+    lines = [f"Diagnosis (5 classes), images at {DERM_IMAGE_SIZE} px, the recipe of `derm7pt/image_dynamics` "
+             f"(Adam lr {DERM_TRAIN['lr']}, batch {DERM_TRAIN['batch_size']}, up to {DERM_TRAIN['epochs']} epochs, "
+             f"patience {DERM_TRAIN['patience']}, random flips while training)."]
+    for key in ("balanced_accuracy", "f1_weighted"):
+        (mc, sc), (md, sd) = summaries[clinic][key], summaries[derm][key]
+        better, worse = (derm, clinic) if md >= mc else (clinic, derm)
+        clear = "larger than" if abs(md - mc) > max(sc, sd) else "within"
+        lines.append(f"- {metrics.LABELS[key]}: {better} {metrics.fmt(*summaries[better][key])} vs {worse} "
+                     f"{metrics.fmt(*summaries[worse][key])}; the gap is {clear} the run-to-run standard deviation.")
+    return "\n".join(lines)
+
+
+@register_experiment("derm7pt/image_only", "derm7pt: image-only CNN on the clinical photo and on the dermoscopic image")
+def derm_image_only(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+    name = "derm7pt/image_only"
+    _, path = run_table("image_only", "Image-only CNN on derm7pt (diagnosis, official split x 3 seeds)", "derm7pt",
+                        DERM_ROWS, task_options={"image_size": DERM_IMAGE_SIZE}, device=device, out_dir=out_dir,
+                        data_dir=data_dir, findings=derm_findings, progress=progress, command=_command(name))
     return [path, path.with_suffix(".json")]
