@@ -7,7 +7,7 @@ default split scheme, with a fixed number of epochs and no early stopping, then 
 prediction of the test samples.
 
     python bench/train_speed.py [--tasks cells,rosmap] [--methods mm_dynamics,cnn] [--epochs 5]
-                                [--threads 1] [--device cpu]
+                                [--batch-size 32] [--threads 1] [--device cpu]
 
 samples/s counts training samples processed per second of fitting (epochs x training rows /
 fit seconds); ``x fastest`` is the fit time relative to the fastest method on that task.
@@ -28,10 +28,12 @@ from core.errors import MMXError  # noqa: E402
 from core.models.registry import get_method, list_methods, method_entry  # noqa: E402
 
 
-def build(name: str, data, epochs: int):
+def build(name: str, data, epochs: int, batch_size: int | None = None):
     """The method on the widest modality set it accepts, else on its first workable single modality."""
     entry = method_entry(name)
-    cfg = {"epochs": epochs, "patience": None} if hasattr(entry.config_cls(), "train") else {}
+    cfg = {}
+    if hasattr(entry.config_cls(), "train"):
+        cfg = {"epochs": epochs, "patience": None, **({"batch_size": batch_size} if batch_size else {})}
     kinds = getattr(entry.cls, "kinds", ("omics", "image"))
     mods = [m for m, s in data.specs.items() if s.kind in kinds]
     for choice in [mods] + [[m] for m in mods]:
@@ -45,8 +47,8 @@ def build(name: str, data, epochs: int):
     raise MMXError(reason if mods else f"no modality of kind {kinds}")
 
 
-def time_method(name: str, task, epochs: int, device: str) -> dict:
-    method, data = build(name, task.dataset, epochs)
+def time_method(name: str, task, epochs: int, device: str, batch_size: int | None = None) -> dict:
+    method, data = build(name, task.dataset, epochs, batch_size)
     split = task.splits[task.default_split][0]
     t0 = time.perf_counter()
     fit = method.fit(data, split, seed=0, device=device)
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="cells,rosmap,derm7pt")
     ap.add_argument("--methods", default="", help="comma-separated (default: every registered method)")
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=0, help="override deep methods' batch size (0: their default)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -77,10 +80,11 @@ def main() -> None:
         print(f"\n{task_name}: {len(split.train)} training samples, split {split.name}")
         print(f"{'method':<16} {'modalities':<28} {'epochs':>6} {'fit s':>8} {'samples/s':>10} {'predict s':>10} "
               f"{'x fastest':>9}")
+        time_method("late_mlp", task, 1, args.device)  # warm-up (thread pools, lazy imports), not reported
         rows = {}
         for name in names:
             try:
-                rows[name] = time_method(name, task, args.epochs, args.device)
+                rows[name] = time_method(name, task, args.epochs, args.device, args.batch_size or None)
             except MMXError as e:
                 print(f"{name:<16} skipped: {e}")
             except (RuntimeError, ValueError) as e:  # a method's own failure: report it, time the rest
