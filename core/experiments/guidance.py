@@ -101,6 +101,7 @@ def findings(runs: list[dict], columns: list[tuple[str, str]]) -> str:
     s_better = [(c, h) for c, h in columns if mean(c, "S") > mean(c, "I")]
     closed = [h for c, h in s_better if mean(c, "G(I)+I") > mean(c, "I")]
     g_better = [h for c, h in columns if mean(c, "G(I)") > mean(c, "I")]
+    joint_below = [h for c, h in columns if mean(c, "S+I") < mean(c, "S")]
     return "\n".join([
         "- Balanced accuracy of the guided G(I)+I against the unguided I: " + "; ".join(p for p in parts if p) + ".",
         f"- McNemar's exact test of G(I)+I against I on each run's test set: p < 0.05 in {len(sig)} of {len(tests)} "
@@ -109,6 +110,8 @@ def findings(runs: list[dict], columns: list[tuple[str, str]]) -> str:
         + ("column" if len(columns) == 1 else "columns")
         + (f"; G(I)+I recovers part of that gap in {', '.join(closed) or 'none of them'}" if s_better else "") + ".",
         f"- G(I) alone (C_S's head on the mapped latent) beats I in {', '.join(g_better) or 'no column'}.",
+        f"- The S+I decoder (both modalities, on the frozen z_S and z_I) is below S alone in "
+        f"{', '.join(joint_below) or 'no column'}.",
     ])
 
 
