@@ -17,6 +17,7 @@ from torch import nn
 from core.data.dataset import ModalitySpec, MultimodalDataset
 from core.data.splits import Split
 from core.errors import MMXError
+from core.models.absent import check_settings, drop_modalities, fill_absent
 from core.models.masking import MaskSpec, apply_mask, parse_mask
 from core.models.output import ModelOutput
 from core.models.prep import InputPrep
@@ -36,6 +37,8 @@ class DeepConfig(MethodConfig):
     """Settings of methods trained with :func:`core.train.loop.fit`."""
 
     train: loop.TrainConfig = field(default_factory=loop.TrainConfig)
+    missing: str = "native"  # absent modalities: native | zeros | mean | gray (see core.models.absent)
+    modality_dropout: float = 0.0  # training only: drop each observed modality with this probability
 
 
 @dataclass
@@ -144,6 +147,7 @@ class TorchMethod(Method):
 
     def __init__(self, specs, classes, config):
         super().__init__(specs, classes, config)
+        check_settings(config.missing, config.modality_dropout)
         self.net = self.build_net()
 
     @abstractmethod
@@ -154,8 +158,17 @@ class TorchMethod(Method):
         """Everything a checkpoint must hold: the net and the input preparation."""
         return nn.ModuleDict({"prep": self.prep, "net": self.net})
 
+    def model_inputs(self, batch: dict, masks: dict[str, MaskSpec] | None = None,
+                     feature_maps: dict[str, torch.Tensor] | None = None, train: bool = False) -> tuple[dict, dict]:
+        """Prepared inputs and presence as the net sees them: modality dropout while training,
+        then absent modalities filled per ``config.missing``."""
+        if train and self.config.modality_dropout > 0:
+            batch = drop_modalities(batch, self.config.modality_dropout)
+        x = self.prepared(batch, masks, feature_maps)
+        return fill_absent(x, batch["present"], self.config.missing, self.specs, self.prep.training_mean)
+
     def forward(self, batch: dict, train: bool = False, masks: dict[str, MaskSpec] | None = None) -> ModelOutput:
-        return self.net(self.prepared(batch, masks), batch["present"])
+        return self.net(*self.model_inputs(batch, masks, train=train))
 
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
         self.net = self.build_net()  # fresh weights drawn under the seed just set
@@ -174,6 +187,6 @@ class TorchMethod(Method):
 
         def fwd(batch: dict, train: bool) -> ModelOutput:
             fm = None if maps is None else {m: v[pos[batch["index"]]].to(self.device) for m, v in maps.items()}
-            return self.net(self.prepared(batch, masks, fm), batch["present"])
+            return self.net(*self.model_inputs(batch, masks, fm))
 
         return loop.predict_outputs(self.net, fwd, data, idx, self.device, bs)

@@ -10,8 +10,8 @@ from core.data.dataset import ModalitySpec
 
 class InputPrep(nn.Module):
     """Min-max (the MM dynamics recipe) or standard scaling per omics modality, fitted on the
-    training rows where the modality is present. Also keeps the training mean (after scaling)
-    for mean-masking."""
+    training rows where the modality is present. Also keeps the training mean (after scaling;
+    for images the mean image in [0, 1]) for mean-masking and mean imputation."""
 
     def __init__(self, specs: dict[str, ModalitySpec], scaling: str = "minmax"):
         super().__init__()
@@ -24,11 +24,15 @@ class InputPrep(nn.Module):
                 self.register_buffer(f"shift_{m}", torch.zeros(s.n_features))
                 self.register_buffer(f"scale_{m}", torch.ones(s.n_features))
                 self.register_buffer(f"mean_{m}", torch.zeros(s.n_features))
+            else:
+                self.register_buffer(f"mean_{m}", torch.zeros(s.image_shape))
 
     @torch.no_grad()
     def fit(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> "InputPrep":
         for m, s in self.specs.items():
             if s.kind != "omics":
+                rows = x[m][present[m]]
+                getattr(self, f"mean_{m}").copy_(rows.sum(0, dtype=torch.float32) / max(len(rows), 1) / 255.0)
                 continue
             rows = x[m][present[m]].float()
             if self.scaling == "minmax":
