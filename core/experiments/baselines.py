@@ -17,13 +17,15 @@ validation rows; the early-fusion rows do no selection.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from core import metrics
+from core.data.tasks import get_task
 from core.experiments import command, register_experiment
 from core.experiments.mmdynamics import CELLS_TRAIN, DERM_IMAGE_SIZE, DERM_TRAIN, SEED_STATIC_WEIGHTS
 from core.models.mmdynamics import reference_training
-from core.train.experiment import Row, run_table
+from core.train.experiment import Row, run_rows, run_table, write_table
 
 EARLY = (("KNN", "early_knn"), ("LR", "early_lr"), ("NN", "early_mlp"), ("RF", "early_rf"), ("SVM", "early_svm"))
 
@@ -43,8 +45,11 @@ def reproduction_rows(modalities: tuple[str, ...], mcat_modalities: tuple[str, s
     ]
 
 
-def strongest(summaries: dict[str, dict], columns: tuple[str, ...] = metrics.SIX) -> str:
-    """Says, from the means, which row leads each column, and whether LR is the strongest."""
+def strongest(summaries: dict[str, dict], runs: dict[str, list[float]] | None = None,
+              columns: tuple[str, ...] = metrics.SIX) -> str:
+    """Says, from the means, which row leads each column and whether LR is the strongest; with
+    ``runs`` (label -> weighted F1 per run, the same splits in the same order) also how often the
+    leader beats LR run by run, which the fold-dominated standard deviations hide."""
     leaders = {c: max(summaries, key=lambda r: summaries[r][c][0]) for c in columns}
     wins = {r: sum(leaders[c] == r for c in columns) for r in summaries}
     top = max(wins, key=wins.get)
@@ -67,7 +72,10 @@ def strongest(summaries: dict[str, dict], columns: tuple[str, ...] = metrics.SIX
             verdict += " The F1 gap between them is larger than the run-to-run standard deviation of either."
         else:
             verdict += (f" The F1 gap between them ({100 * gap:.1f} points) is within the larger run-to-run standard "
-                        f"deviation ({100 * max(lr_s, b_s):.1f}), so the runs do not clearly separate them.")
+                        f"deviation ({100 * max(lr_s, b_s):.1f}).")
+        if runs is not None:
+            ahead = sum(b > a for a, b in zip(runs[lr], runs[best]))
+            verdict += f" Split by split, {best} has the higher F1 in {ahead} of {len(runs[lr])} runs."
     deep = [r for r in summaries if r.split(" (")[0] in ("HEALNet", "MCAT", "MM static", "MM dynamics")]
     early = [r for r in summaries if r.endswith("(early)")]
     best_deep = max(deep, key=lambda r: summaries[r][key][0])
@@ -95,8 +103,18 @@ ROSMAP_PROTOCOL = (
     "with a fixed schedule. MCAT takes two omics: mRNA, cut into 6 contiguous feature groups, queries methylation; miRNA is not used.")
 
 
-def _findings(protocol: str):
-    return lambda summaries: protocol + "\n\n" + strongest(summaries)
+def _baseline_table(task: str, name: str, title: str, rows: list[Row], protocol: str, out_dir, device, data_dir,
+                    progress) -> list[Path]:
+    td = get_task(task, data_dir)
+    t0 = time.perf_counter()
+    results = run_rows(td, rows, device=device, progress=progress)
+    seconds = time.perf_counter() - t0
+    summaries = {r.row.label: r.summary for r in results}
+    per_run = {r.row.label: [run["metrics"]["f1_weighted"] for run in r.runs] for r in results}
+    text = protocol + "\n\n" + strongest(summaries, per_run)
+    path = write_table(out_dir, td, name, title, results, seconds=seconds, device=device, findings=text,
+                       command=_command(f"{task}/{name}"))
+    return [path, path.with_suffix(".json")]
 
 
 def _command(name: str) -> str:
@@ -110,24 +128,18 @@ def _command(name: str) -> str:
                      "seed study's reproduction table on RNA + protein: 5 early-fusion baselines, HEALNet, MCAT, "
                      "MM static, MM dynamics; leave-one-donor-out x 3 seeds")
 def cells_reproduction(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
-    name = "cells/reproduction_rp"
-    _, path = run_table("reproduction_rp", "Reproduction of MM dynamics on cells (RNA + protein)", "cells",
-                        reproduction_rows(("rna", "protein"), ("rna", "protein"), mm_train=CELLS_TRAIN),
-                        device=device, out_dir=out_dir,
-                        data_dir=data_dir, findings=_findings(CELLS_PROTOCOL), progress=progress, command=_command(name))
-    return [path, path.with_suffix(".json")]
+    rows = reproduction_rows(("rna", "protein"), ("rna", "protein"), mm_train=CELLS_TRAIN)
+    return _baseline_table("cells", "reproduction_rp", "Reproduction of MM dynamics on cells (RNA + protein)", rows,
+                           CELLS_PROTOCOL, out_dir, device, data_dir, progress)
 
 
 @register_experiment("rosmap/baselines",
                      "the reproduction table's methods on ROSMAP (MOGONET split x 5 seeds); MCAT on mRNA + methylation")
 def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
-    name = "rosmap/baselines"
     rows = reproduction_rows(("mRNA", "methylation", "miRNA"), ("mRNA", "methylation"),
                              "MCAT (late; mRNA + methylation)")
-    _, path = run_table("baselines", "Baselines on ROSMAP (AD vs normal)", "rosmap", rows, device=device,
-                        out_dir=out_dir, data_dir=data_dir, findings=_findings(ROSMAP_PROTOCOL), progress=progress,
-                        command=_command(name))
-    return [path, path.with_suffix(".json")]
+    return _baseline_table("rosmap", "baselines", "Baselines on ROSMAP (AD vs normal)", rows, ROSMAP_PROTOCOL,
+                           out_dir, device, data_dir, progress)
 
 
 DERM_ROWS = [
