@@ -245,3 +245,13 @@ def test_findings_name_the_leader_and_whether_lr_leads():
     text = strongest(rows, runs)
     assert "within the larger run-to-run standard deviation (5.0)" in text
     assert "Split by split, MM static (late) has the higher F1 in 2 of 3 runs." in text
+
+
+def test_derm_findings_compare_the_two_images_and_the_majority_rate():
+    from core.experiments.baselines import DERM_ROWS, derm_findings
+
+    clinic, derm = (r.label for r in DERM_ROWS)
+    rows = {clinic: {c: (0.30, 0.02) for c in metrics.SIX}, derm: {c: (0.60, 0.02) for c in metrics.SIX}}
+    text = derm_findings(rows, ("NEV", 0.55))
+    assert f"Balanced accuracy: {derm} 60.0 ± 2.0 vs {clinic} 30.0 ± 2.0; the gap is larger than" in text
+    assert f"Accuracy of {clinic} is below the 55.0% that always answering NEV scores" in text

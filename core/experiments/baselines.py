@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from core import metrics
 from core.data.tasks import get_task
 from core.experiments import command, register_experiment
@@ -151,7 +153,8 @@ DERM_ROWS = [
 ]
 
 
-def derm_findings(summaries: dict[str, dict]) -> str:
+def derm_findings(summaries: dict[str, dict], majority: tuple[str, float]) -> str:
+    """``majority``: the most common test class and its share (what always guessing it scores)."""
     clinic, derm = (r.label for r in DERM_ROWS)
     lines = [f"Diagnosis (5 classes), images at {DERM_IMAGE_SIZE} px, the recipe of `derm7pt/image_dynamics` "
              f"(Adam lr {DERM_TRAIN['lr']}, batch {DERM_TRAIN['batch_size']}, up to {DERM_TRAIN['epochs']} epochs, "
@@ -162,13 +165,23 @@ def derm_findings(summaries: dict[str, dict]) -> str:
         clear = "larger than" if abs(md - mc) > max(sc, sd) else "within"
         lines.append(f"- {metrics.LABELS[key]}: {better} {metrics.fmt(*summaries[better][key])} vs {worse} "
                      f"{metrics.fmt(*summaries[worse][key])}; the gap is {clear} the run-to-run standard deviation.")
+    name, share = majority
+    below = [r for r in (clinic, derm) if summaries[r]["accuracy"][0] < share]
+    if below:
+        lines.append(f"- Accuracy of {' and '.join(below)} is below the {100 * share:.1f}% that always answering "
+                     f"{name} scores: the class-weighted loss and the selection on balanced accuracy trade the "
+                     "common class for the rare ones.")
     return "\n".join(lines)
 
 
 @register_experiment("derm7pt/image_only", "derm7pt: image-only CNN on the clinical photo and on the dermoscopic image")
 def derm_image_only(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
-    name = "derm7pt/image_only"
+    td = get_task("derm7pt", data_dir, image_size=DERM_IMAGE_SIZE)
+    y = td.dataset.y[torch.as_tensor(td.splits["official"][0].test)]
+    counts = torch.bincount(y, minlength=td.dataset.n_classes)
+    majority = (td.dataset.classes[int(counts.argmax())], float(counts.max() / counts.sum()))
     _, path = run_table("image_only", "Image-only CNN on derm7pt (diagnosis, official split x 3 seeds)", "derm7pt",
                         DERM_ROWS, task_options={"image_size": DERM_IMAGE_SIZE}, device=device, out_dir=out_dir,
-                        data_dir=data_dir, findings=derm_findings, progress=progress, command=_command(name))
+                        data_dir=data_dir, findings=lambda summaries: derm_findings(summaries, majority),
+                        progress=progress, command=_command("derm7pt/image_only"))
     return [path, path.with_suffix(".json")]
