@@ -102,7 +102,8 @@ ROSMAP_PROTOCOL = (
     f"use their default, the reference optimiser (full batch, Adam lr {_REF.lr:g}, StepLR({_REF.lr_step}, "
     f"{_REF.lr_gamma:g}), {_REF.epochs} epochs) with that same "
     "selection, so their numbers differ from `rosmap/mmdynamics`, which trains on training + validation rows "
-    "with a fixed schedule. MCAT takes two omics: mRNA, cut into 6 contiguous feature groups, queries methylation; miRNA is not used.")
+    "with a fixed schedule. MCAT takes two omics: mRNA, cut into 6 contiguous feature groups, queries "
+    "methylation; miRNA is not used.")
 
 
 def _baseline_table(task: str, name: str, title: str, rows: list[Row], protocol: str, out_dir, device, data_dir,
