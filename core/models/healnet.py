@@ -100,7 +100,8 @@ class HEALNetNet(Net):
         self.cross = nn.ModuleList([
             nn.ModuleDict({m: CrossUpdate(cfg.latent_dim, cfg.token_dim, cfg.cross_heads, cfg.dropout) for m in specs})
             for _ in range(n_blocks)])
-        self.shared = nn.ModuleList([SelfUpdate(cfg.latent_dim, cfg.latent_heads, cfg.dropout) for _ in range(n_blocks)])
+        self.shared = nn.ModuleList([SelfUpdate(cfg.latent_dim, cfg.latent_heads, cfg.dropout)
+                                     for _ in range(n_blocks)])
         self.head = nn.Sequential(nn.LayerNorm(cfg.latent_dim), nn.Linear(cfg.latent_dim, n_classes))
 
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:

@@ -103,7 +103,8 @@ class MCATNet(Net):
         h_guide, w_guide = self.guide_stream(g)
         logits = self.head(torch.cat([h_bag, h_guide], 1))
         bag_scores = torch.einsum("ng,ngc->nc", w_bag.float(), coattn.float())
-        maps = {self.guide: self.guide_tokens.to_inputs(w_guide.float()), self.bag: self.bag_tokens.to_inputs(bag_scores)}
+        maps = {self.guide: self.guide_tokens.to_inputs(w_guide.float()),
+                self.bag: self.bag_tokens.to_inputs(bag_scores)}
         return ModelOutput(logits, feature_maps=maps, latents={self.bag: h_bag, self.guide: h_guide})
 
 
