@@ -325,3 +325,15 @@ def test_checkpoint_card_records_the_backbone(demo_missing, trained, tmp_path):
     assert read_card(tmp_path / "hypermm")["config"]["backbone"] == "small_cnn"
     again = load_checkpoint(tmp_path / "hypermm")
     assert np.allclose(again.predict(demo_missing).proba, trained.predict(demo_missing).proba, atol=1e-6)
+
+
+def test_robustness_figure_draws_one_line_per_method_and_metric():
+    from core.viz.robustness import robustness_figure
+
+    curves = {"Accuracy": {"HyperMM": [(0.5, 0.7, 0.05), (0.0, 0.9, 0.01)], "zero filling": [(0.0, 0.8, 0.0)]},
+              "AUROC": {"HyperMM": [(0.0, 0.95, 0.01)], "zero filling": [(0.0, 0.9, 0.0)]}}
+    fig = robustness_figure(curves, "t", highlight="HyperMM")
+    assert len(fig.data) == 4 and sum(t.showlegend for t in fig.data) == 2
+    first = fig.data[0]
+    assert list(first.x) == [0.0, 50.0] and list(first.y) == [90.0, 70.0]  # sorted by rate, in percent
+    assert list(first.error_y.array) == [1.0, 5.0] and first.line.width > fig.data[1].line.width
