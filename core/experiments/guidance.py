@@ -294,7 +294,10 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False) -
     md = [f"# {payload['title']}", "", f"Produced by: `{payload['command']}`", "",
           "Rows (Mallya & Hamarneh, MICCAI 2022): " + "; ".join(f"**{r}** = {ROW_NOTES[r]}" for r in ROWS) + ".",
           "Leave-one-donor-out (2 folds x seeds 0, 1, 2 = 6 runs), mean ± std, percent. The image is a "
-          "class-matched microscopy image, not the same cell as the RNA and protein.", ""]
+          "class-matched microscopy image, not the same cell as the RNA and protein. T, B and NK_ILC cells all "
+          "get lymphocyte images, so a model that sees only the image (rows I, G(I), G(I)+I of the second table) "
+          "cannot tell these three apart: its recall changes among them move guesses between classes the image "
+          "does not separate, not information that guidance added.", ""]
     for key, (title, _) in CELL_SETTINGS.items():
         sub = [r for r in runs if r["column"] == key]
         md += [f"## {title}", "",
