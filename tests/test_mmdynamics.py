@@ -90,7 +90,7 @@ def test_patch_size_reaches_the_method_and_explain_api(cells):
 @pytest.mark.parametrize("fi,mi", [(False, False), (True, False), (False, True), (True, True)])
 def test_fi_mi_switches_remove_exactly_their_terms_and_weights_apply_once(demo, fi, mi):
     ds = demo.dataset
-    w = dict(w_fused=2.0, w_sparsity=0.5, w_confidence=3.0, w_modality=0.25)
+    w = dict(w_fused=2.0, w_sparsity=0.5, w_sparsity_image=0.1, w_confidence=3.0, w_modality=0.25)
     m = get_method("mm_dynamics", ds.specs, ds.classes, feature_informativeness=fi, modality_informativeness=mi, **w)
     m.prep.fit(ds.modalities, ds.present)
     batch = ds.batch(np.arange(40))
@@ -104,8 +104,10 @@ def test_fi_mi_switches_remove_exactly_their_terms_and_weights_apply_once(demo, 
     assert set(terms) == want
     assert bool(out.feature_maps) == fi and (m.net.gates is not None) == fi
     assert bool(out.modality_weights) == mi and bool(out.modality_logits) == mi
-    per_term = {"sparsity": w["w_sparsity"], "confidence": w["w_confidence"], "modality_ce": w["w_modality"]}
-    expect = w["w_fused"] * terms["ce"] + sum(per_term[k.split("/")[0]] * v for k, v in terms.items() if k != "ce")
+    per_term = {"sparsity/image": w["w_sparsity_image"], "sparsity": w["w_sparsity"], "confidence": w["w_confidence"],
+                "modality_ce": w["w_modality"]}
+    expect = w["w_fused"] * terms["ce"] + sum(per_term.get(k, per_term[k.split("/")[0]]) * v
+                                              for k, v in terms.items() if k != "ce")
     assert float(total.detach()) == pytest.approx(expect, rel=1e-5)  # each weight applied once, never compounded
 
 
@@ -179,18 +181,25 @@ def test_masked_prediction_uses_the_mask_and_keeps_presence(fitted):
 
 # ------------------------------------------------------------------ training behaviour
 @pytest.mark.parametrize("name,mods", [("mm_dynamics", PRI), ("mm_static", PRI), ("cnn", ["image"])])
-def test_best_validation_weights_are_a_true_copy(cells, name, mods):
+def test_best_validation_weights_are_a_true_copy(cells, monkeypatch, name, mods):
     ds = cells.dataset.select(mods)
     split = small_split(len(ds), seed=1)
     m = get_method(name, ds.specs, ds.classes, epochs=6, batch_size=16, lr=3e-3, patience=None)
-    snapshots = {}
+    snapshots, evals = {}, []
+    real_evaluate = loop.evaluate
+
+    def peak_at_epoch_3(*a, **k):  # the real validation, scored so that epoch 3 is the best
+        evals.append(1)
+        return {**real_evaluate(*a, **k), "balanced_accuracy": 1.0 if len(evals) == 3 else 0.5}
+
+    monkeypatch.setattr(loop, "evaluate", peak_at_epoch_3)
 
     def snap(epoch, _total, _hist):  # the live model after each epoch
         snapshots[epoch] = {k: v.detach().clone() for k, v in m.net.state_dict().items()}
 
     m.fit(ds, split, seed=0, callback=snap)
     best, last = m.fit_result.best_epoch, m.fit_result.epochs_run
-    assert best < last, "setting must make the best epoch differ from the last"
+    assert (best, last) == (3, 6)
     differs = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert differs(snapshots[best], snapshots[last])  # the live model moved on after selection
     final = m.net.state_dict()
