@@ -12,6 +12,7 @@ from torch import nn
 from core import metrics
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
+from core.experiments.guidance import torch_threads
 from core.explain.guidance import class_deltas, latent_map, sample_comparison
 from core.models import get_method
 from core.models.guidance import Decoder, _GuideStage, _TaskStage
@@ -60,7 +61,7 @@ def fitted(cells):
         record["losses"].append((y.clone(), None if weight is None else weight.clone()))
         return real_loss(self, out, y, weight)
 
-    with pytest.MonkeyPatch.context() as mp:
+    with torch_threads(1), pytest.MonkeyPatch.context() as mp:  # 1 thread: robust on a busy 2-core machine
         mp.setattr(loop, "fit", spy_fit)
         mp.setattr(MultimodalDataset, "batch", spy_batch)
         mp.setattr(Decoder, "loss", spy_loss)
@@ -196,7 +197,7 @@ def test_multitask_encoders_and_retarget(data_dir):
                decoder_train=TrainConfig(epochs=5))
     m = get_method("guidance", ds.specs, ds.classes, inferior="clinic", superior=("derm",), tasks=("BWV",),
                    latent=32, guide_hidden=64, bottleneck=32, **cfg)
-    with pytest.MonkeyPatch.context() as mp:
+    with torch_threads(1), pytest.MonkeyPatch.context() as mp:
         mp.setattr(_TaskStage, "loss", spy)
         m.fit(ds, split, seed=0)
     assert seen and all(seen)
