@@ -3,7 +3,7 @@
 - ``cells/reproduction_rp``: RNA + protein, leave-one-donor-out x 3 seeds; KNN, LR, NN, RF
   and SVM (early fusion), HEALNet (intermediate), MCAT, MM static and MM dynamics (late).
   MM static / MM dynamics use the training recipe and the seed study's static weights of the
-  MM dynamics tables (:mod:`core.experiments.mmdynamics`), so their rows agree across files.
+  MM dynamics tables (:mod:`core.experiments.mmdynamics`), so the rows are comparable across files.
 - ``derm7pt/image_only``: the image-only CNN (the seed study's "CNN (I)") on each derm7pt
   image, diagnosis, official split x 3 seeds, with the image size and recipe of the
   ``derm7pt/image_dynamics`` table.
