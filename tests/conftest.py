@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from core.paths import data_root
 
@@ -48,3 +49,12 @@ def demo():
     from core.data.tasks import get_task
 
     return get_task("demo")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small nets on a shared 2-core CPU train faster on one intra-op thread (speed only)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,13 +19,7 @@ DEEP_FAST = {"epochs": 25, "patience": None}  # enough to learn the real cells, 
 DEEP_DEMO = {"epochs": 60}  # the small synthetic training set gives few steps per epoch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are small: one thread is faster than two fighting over a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit_score(name, ds, split, **cfg):

@@ -35,13 +35,7 @@ def fit(task_or_ds, name, mods=None, split=None, seed=0, **cfg):
     return m, ds
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small nets on a shared 2-core CPU run faster on one intra-op thread (speed only)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
