@@ -337,6 +337,9 @@ def test_findings_are_computed_from_the_numbers():
     hurts_sta = exp.masked_findings(summ(dict(zip(labels, [0.9, 0.85, 0.85, 0.9, 0.5]))))
     assert "MM static*: **holds**" in hurts_dyn and "40.0 points" in hurts_dyn
     assert "MM static*: **does not hold**" in hurts_sta
+    assert "(+30.0 points) is larger than the largest run-to-run" in hurts_dyn
+    close = exp.masked_findings(summ(dict(zip(labels, [0.9, 0.885, 0.85, 0.9, 0.89]))))
+    assert "MM static*: **holds**" in close and "(+0.5 points) is within the largest run-to-run" in close
     abl = exp.ablation_findings(summ({"None": 0.80, "FI": 0.90, "MI": 0.79, "Both": 0.85}))
     assert abl.count("**holds**") == 4 and "+10.0 points" in abl
     abl = exp.ablation_findings(summ({"None": 0.90, "FI": 0.80, "MI": 0.95, "Both": 0.85}))
