@@ -337,3 +337,22 @@ def test_robustness_figure_draws_one_line_per_method_and_metric():
     first = fig.data[0]
     assert list(first.x) == [0.0, 50.0] and list(first.y) == [90.0, 70.0]  # sorted by rate, in percent
     assert list(first.error_y.array) == [1.0, 5.0] and first.line.width > fig.data[1].line.width
+
+
+def test_derm_findings_name_the_majority_rate(derm7pt):
+    from core.experiments import hypermm as exp
+    from core.train.experiment import Row, RowResult
+
+    cls, share = exp.majority_rate(derm7pt, None)
+    test = derm7pt.splits[derm7pt.default_split][0].test
+    assert cls == "NEV" and share == pytest.approx(float((derm7pt.dataset.y[test] == 0).float().mean()))
+    assert exp.majority_rate(derm7pt, "melanoma")[1] > 0.5
+
+    def scenario(accs):
+        return {"results": [RowResult(Row(lab, "x"), [{"metrics": {"accuracy": a, "auroc": 0.7}}])
+                            for lab, a in accs.items()]}
+
+    near = exp.majority_note([scenario({exp.HYPERMM: 0.47, "LR": share - 0.01})], (cls, share))
+    assert f"{100 * share:.1f} %" in near and "LR reaches within 2 points" in near
+    far = exp.majority_note([scenario({exp.HYPERMM: 0.47, "LR": share - 0.1})], (cls, share))
+    assert far.endswith("test set.")

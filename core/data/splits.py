@@ -81,6 +81,22 @@ def fixed_split(name: str, train: np.ndarray, val: np.ndarray, test: np.ndarray,
     return [Split(f"{name}/seed={s}", np.asarray(train), np.asarray(val), np.asarray(test), s) for s in seeds]
 
 
+def stratified_kfold(idx: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0,
+                     prefix: str = "cv") -> list[Split]:
+    """``k`` stratified folds of ``idx``, each held out once as the test part; no validation
+    set (for fixed-schedule training, where nothing is selected)."""
+    idx = np.asarray(idx)
+    if k < 2:
+        raise MMXError(f"k-fold needs k >= 2, got {k}")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(idx), dtype=int)
+    for c in np.unique(y[idx]):
+        pos = np.flatnonzero(y[idx] == c)
+        fold_of[rng.permutation(pos)] = np.arange(len(pos)) % k  # dealt round-robin: sizes differ by at most 1
+    empty = np.array([], dtype=int)
+    return [Split(f"{prefix}/fold={i}", idx[fold_of != i], empty, idx[fold_of == i], seed) for i in range(k)]
+
+
 def with_inner_validation(name: str, train: np.ndarray, test: np.ndarray, y: np.ndarray,
                           seeds: tuple[int, ...], val_fraction: float = 0.2) -> list[Split]:
     """A fixed train/test split whose validation set is a seeded, stratified part of train."""
