@@ -1,9 +1,9 @@
 """Training speed of every registered method on each task: wall time and samples/s.
 
 Each method is built from the registry (so methods added later are timed too) on the task's
-modalities it accepts; a method that needs a narrower input (e.g. ``cnn``: one image
-modality) gets its first modality that works. One fit on the first split of the task's
-default split scheme, with a fixed number of epochs and no early stopping, then one
+modalities it accepts; a method that needs a narrower input (``cnn``: one image modality;
+``mcat``: two omics) gets the first subset that works. One fit on the first split of the
+task's default split scheme, with a fixed number of epochs and no early stopping, then one
 prediction of the test samples.
 
     python bench/train_speed.py [--tasks cells,rosmap] [--methods mm_dynamics,cnn] [--epochs 5]
@@ -15,6 +15,7 @@ fit seconds); ``x fastest`` is the fit time relative to the fastest method on th
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,14 @@ from core.models.registry import get_method, list_methods, method_entry  # noqa:
 
 
 def build(name: str, data, epochs: int, batch_size: int | None = None):
-    """The method on the widest modality set it accepts, else on its first workable single modality."""
+    """The method on the widest modality set it accepts, else its first workable pair, else one modality."""
     entry = method_entry(name)
     cfg = {}
     if hasattr(entry.config_cls(), "train"):
         cfg = {"epochs": epochs, "patience": None, **({"batch_size": batch_size} if batch_size else {})}
     kinds = getattr(entry.cls, "kinds", ("omics", "image"))
     mods = [m for m, s in data.specs.items() if s.kind in kinds]
-    for choice in [mods] + [[m] for m in mods]:
+    for choice in [mods] + [list(c) for c in itertools.combinations(mods, 2)] + [[m] for m in mods]:
         if not choice:
             continue
         try:
