@@ -344,6 +344,15 @@ def test_findings_are_computed_from_the_numbers():
     assert abl.count("**holds**") == 4 and "+10.0 points" in abl
     abl = exp.ablation_findings(summ({"None": 0.90, "FI": 0.80, "MI": 0.95, "Both": 0.85}))
     assert abl.count("**does not hold**") == 4
+    ref = exp.SCHEDULE_VARIANTS[0][0]
+
+    def acc(values, std=0.04):
+        return {k: {"accuracy": (v, std)} for k, v in values.items()}
+
+    assert "keeps it" in exp.schedule_findings(acc({ref: 0.80, "500 epochs": 0.78}), 5, 245)
+    close = exp.schedule_findings(acc({ref: 0.80, "500 epochs": 0.81}), 5, 245)
+    assert "ranks 2 of 2" in close and "keeps the published schedule" in close
+    assert "worth adopting" in exp.schedule_findings(acc({ref: 0.70, "500 epochs": 0.80}), 5, 245)
 
 
 def test_ablation_figure_has_one_group_per_variant():
