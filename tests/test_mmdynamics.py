@@ -14,7 +14,7 @@ from core.data.splits import Split
 from core.errors import MMXError
 from core.explain.informativeness import explain
 from core.models import get_method
-from core.models.masking import MaskSpec, apply_mask, top_patches
+from core.models.masking import MaskSpec, apply_mask, parse_mask, top_patches
 from core.models.unet_gate import PatchGate
 from core.train import loop
 
@@ -161,6 +161,37 @@ def test_masking_modes_change_only_the_masked_inputs(fitted):
     assert torch.equal(mean, m.prep.training_mean("protein").expand_as(mean))
 
 
+def test_mask_text_and_patch_grid(fitted):
+    m, ds, split = fitted
+    specs = m.specs
+    assert parse_mask({"image": "topk:3"}, specs, 8)["image"] == MaskSpec("topk", k=3, patch_size=8)
+    assert parse_mask({"image": "patches:0,17"}, specs)["image"] == MaskSpec("patches", patches=(0, 17), patch_size=4)
+    for bad, match in [("topk", "topk:K"), ("topk:0", "k >= 1"), ("patches", "patches:i,j"), ("gray:2", "no argument")]:
+        with pytest.raises(MMXError, match=match):
+            parse_mask({"image": bad}, specs, 4)
+    with pytest.raises(MMXError, match="needs a model with a patch"):
+        parse_mask({"image": "topk:3"}, specs, None)
+    with pytest.raises(MMXError, match="differs from the model's map"):
+        parse_mask({"image": MaskSpec("topk", k=3, patch_size=4)}, specs, 8)
+    with pytest.raises(MMXError, match="patch indices must lie in 0..255"):
+        m.predict(ds, split.test, mask={"image": "patches:256"})
+    plain, top = m.predict(ds, split.test), m.predict(ds, split.test, mask={"image": "topk:3"})
+    assert not np.allclose(plain.proba, top.proba)
+    small = {"image": torch.rand(2, 3, 8, 8)}
+    assert apply_mask(small, {"image": MaskSpec("blur")})["image"].shape == (2, 3, 8, 8)  # kernel fits 8 px
+
+
+def test_topk_masks_whole_patches_of_the_models_own_size(cells):
+    split = small_split(len(cells.dataset))
+    m, ds = fit(cells, "mm_dynamics", ["image"], split, epochs=1, patch_size=8, **FAST)
+    x = m.prepared(ds.batch(split.test[:4]))
+    maps = m.predict(ds, split.test[:4]).output.feature_maps
+    spec = parse_mask({"image": "topk:1"}, m.specs, m.config.patch_size)
+    out = apply_mask(x, spec, m.prep.training_mean, maps)["image"]
+    changed = (out != x["image"]).any(1)  # N x H x W
+    assert changed.sum(dim=(1, 2)).max() <= 64 and changed.view(4, 8, 8, 8, 8).any(4).any(2).sum(dim=(1, 2)).max() == 1
+
+
 def test_masked_prediction_uses_the_mask_and_keeps_presence(fitted):
     m, ds, split = fitted
     plain = m.predict(ds, split.test)
@@ -169,6 +200,7 @@ def test_masked_prediction_uses_the_mask_and_keeps_presence(fitted):
     # the omics gates see the same inputs; only the image gate and the image confidence move
     torch.testing.assert_close(plain.output.feature_maps["rna"], gray.output.feature_maps["rna"])
     assert not torch.equal(plain.output.modality_weights["image"], gray.output.modality_weights["image"])
+    assert torch.any(gray.output.latents["image"] != 0)  # masking is not missingness: the image latent stays
     with pytest.raises(MMXError, match="not valid for omics"):
         m.predict(ds, split.test, mask={"rna": "gray"})
 
@@ -316,6 +348,23 @@ def test_absent_clinical_photo_adds_no_latent_and_no_loss_terms(derm7pt):
         only_absent = m.forward(ds.batch(absent[:3]))
         _, terms_absent = m.net.loss(only_absent, ds.y[absent[:3]], None)
     assert "sparsity/clinic" in terms and not any(k.endswith("/clinic") for k in terms_absent)
+    with torch.no_grad():
+        _, terms_present = m.net.loss(m.forward(ds.batch(idx[3:])), ds.y[idx[3:]], None)
+    for key in ("sparsity/clinic", "confidence/clinic", "modality_ce/clinic"):
+        assert terms[key] == pytest.approx(terms_present[key], rel=1e-5), key  # absent rows add nothing
+
+
+def test_explanations_are_blank_where_a_modality_is_absent(derm7pt):
+    ds = derm7pt.dataset
+    absent = np.flatnonzero(~ds.present["clinic"].numpy())[:3]
+    present = np.flatnonzero(ds.present["clinic"].numpy())
+    split = Split("blank", present[:24], present[24:32], np.r_[absent, present[32:35]])
+    m = get_method("mm_dynamics", ds.specs, ds.classes, epochs=1, batch_size=16)
+    m.fit(ds, split, device="cpu")
+    info = explain(m, ds, split.test)
+    for maps in (info.patch_maps, info.modality_weights, info.modality_proba):
+        assert np.isnan(maps["clinic"][:3]).all() and not np.isnan(maps["clinic"][3:]).any()
+        assert not np.isnan(maps["derm"]).any()
 
 
 def test_binary_f1_is_the_positive_class_f1():
@@ -370,7 +419,7 @@ def test_experiment_writes_tables_and_figure(cells, tmp_path, monkeypatch):
 
     names = {e.name for e in list_experiments()}
     assert {"cells/image_dynamics", "cells/masked_image", "cells/ablation_fi_mi", "rosmap/mmdynamics",
-            "derm7pt/image_dynamics"} <= names
+            "rosmap/schedule_cv", "derm7pt/image_dynamics"} <= names
     quick = [dataclasses.replace(r, config={**r.config, "epochs": 1}) for r in exp.ABLATION_ROWS]
     monkeypatch.setattr(exp, "ABLATION_ROWS", quick)
     paths = get_experiment("cells/ablation_fi_mi").run(out_dir=tmp_path, device="cpu")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
@@ -76,10 +77,16 @@ def explain(method: Method, data: MultimodalDataset, idx: np.ndarray | None = No
             info.patch_size[m] = patch
             info.image_hw[m] = tuple(fm.shape[-2:])
     info.modality_weights = {m: w.numpy() for m, w in out.modality_weights.items()}
-    info.modality_proba = {m: _softmax(v.numpy()) for m, v in out.modality_logits.items()}
+    info.modality_proba = {m: torch.softmax(v.float(), 1).numpy() for m, v in out.modality_logits.items()}
+    _blank_absent(info, {m: ~data.present[m][torch.as_tensor(idx)].numpy() for m in method.specs})
     return info
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+def _blank_absent(info: Informativeness, absent: dict[str, np.ndarray]) -> None:
+    """NaN wherever a sample lacks the modality: a gate, confidence or prediction computed from a
+    placeholder input explains nothing (the model gives that modality no latent)."""
+    for maps in (info.feature_scores, info.patch_maps, info.modality_weights, info.modality_proba):
+        for m, v in maps.items():
+            if absent[m].any():
+                maps[m] = v.astype(np.float64 if v.dtype == np.float64 else np.float32, copy=True)
+                maps[m][absent[m]] = np.nan

@@ -96,7 +96,7 @@ class Method(ABC):
         modalities in ``mask`` masked at test time."""
         data = self.check_data(data)
         idx = np.arange(len(data)) if idx is None else np.asarray(idx)
-        masks = parse_mask(mask, self.specs)
+        masks = parse_mask(mask, self.specs, getattr(self.config, "patch_size", None))
         out = self._predict_outputs(data, idx, masks)
         return Prediction(torch.softmax(out.logits.float(), 1).numpy(), out)
 

@@ -2,11 +2,13 @@
 
 Images: ``gray`` (uniform 0.5, the seed study's), ``zeros``, ``blur``, ``patches`` (listed
 patches set to gray) and ``topk`` (the k most informative patches by the model's own map set
-to gray). Omics: ``zeros`` (after scaling) or ``mean`` (the training mean). Only the masked
+to gray). As text: ``gray``, ``topk:8``, ``patches:0,17,33``. Patches live on the model's own
+patch grid (its ``patch_size``; 4 px for models without one). Omics: ``zeros`` (after scaling) or ``mean`` (the training mean). Only the masked
 modalities change; presence is left as it is (masking is not missingness).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +16,9 @@ import torch.nn.functional as F
 
 from core.data.dataset import ModalitySpec
 from core.errors import MMXError
+from core.models.unet_gate import expand_patches
 
+DEFAULT_PATCH = 4  # pixels per patch side for models without a patch grid of their own
 IMAGE_MODES = ("gray", "zeros", "blur", "patches", "topk")
 OMICS_MODES = ("zeros", "mean")
 
@@ -26,20 +30,51 @@ class MaskSpec:
     mode: str
     patches: tuple[int, ...] = ()
     k: int = 0
-    patch_size: int = 4
+    patch_size: int | None = None  # None: the model's patch size
     blur_sigma: float = 3.0
 
 
-def parse_mask(mask: dict[str, str | MaskSpec] | None, specs: dict[str, ModalitySpec]) -> dict[str, MaskSpec]:
-    """Normalise ``{"image": "gray"}``-style input and check modes against modality kinds."""
+def _spec(value: str | MaskSpec, where: str) -> MaskSpec:
+    """``MaskSpec`` from text: ``mode``, ``topk:K`` or ``patches:i,j,...``."""
+    if isinstance(value, MaskSpec):
+        return value
+    mode, _, arg = str(value).partition(":")
+    try:
+        if mode == "topk":
+            return MaskSpec(mode, k=int(arg))
+        if mode == "patches":
+            return MaskSpec(mode, patches=tuple(int(p) for p in arg.split(",")))
+    except ValueError:
+        hint = "topk:K (e.g. topk:8)" if mode == "topk" else "patches:i,j,... (flat indices on the patch grid)"
+        raise MMXError(f"mask {where}={value!r}: write {hint}") from None
+    if arg:
+        raise MMXError(f"mask {where}={value!r}: mode {mode!r} takes no argument")
+    return MaskSpec(mode)
+
+
+def parse_mask(mask: dict[str, str | MaskSpec] | None, specs: dict[str, ModalitySpec],
+               patch_size: int | None = None) -> dict[str, MaskSpec]:
+    """Normalise ``{"image": "gray"}``-style input, check modes against modality kinds and put
+    patch masks on the model's patch grid (``patch_size``; None: a model without one, 4 px)."""
     out = {}
     for m, v in (mask or {}).items():
         if m not in specs:
             raise MMXError(f"cannot mask {m!r}: the model has modalities {list(specs)}")
-        spec = v if isinstance(v, MaskSpec) else MaskSpec(str(v))
+        spec = _spec(v, m)
         allowed = IMAGE_MODES if specs[m].kind == "image" else OMICS_MODES
         if spec.mode not in allowed:
             raise MMXError(f"mask mode {spec.mode!r} is not valid for {specs[m].kind} {m!r}; use one of {allowed}")
+        if spec.mode == "topk" and spec.k < 1:
+            raise MMXError(f"mask {m}=topk needs k >= 1 patches (e.g. topk:8)")
+        if spec.mode == "patches" and not spec.patches:
+            raise MMXError(f"mask {m}=patches needs patch indices (e.g. patches:0,17)")
+        if spec.mode == "topk" and patch_size is None:
+            raise MMXError(f"top-k patch masking of {m!r} needs a model with a patch informativeness map")
+        if spec.mode == "topk" and spec.patch_size not in (None, patch_size):
+            raise MMXError(f"mask {m}=topk: patch size {spec.patch_size} differs from the model's map "
+                           f"({patch_size} px)")
+        if spec.mode in ("patches", "topk") and spec.patch_size is None:
+            spec = dataclasses.replace(spec, patch_size=patch_size or DEFAULT_PATCH)
         out[m] = spec
     return out
 
@@ -48,10 +83,11 @@ def patch_grid_mask(n: int, h: int, w: int, patch_size: int, patches: torch.Tens
     """``N x 1 x H x W`` bool: True inside the listed patches (``patches``: N x k flat indices)."""
     gw = -(-w // patch_size)
     gh = -(-h // patch_size)
+    if patches.numel() and (int(patches.min()) < 0 or int(patches.max()) >= gh * gw):
+        raise MMXError(f"patch indices must lie in 0..{gh * gw - 1} (a {gh} x {gw} grid of {patch_size} px patches)")
     grid = torch.zeros(n, gh * gw, dtype=torch.bool, device=patches.device)
     grid.scatter_(1, patches.long(), True)
-    full = grid.view(n, 1, gh, gw).repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
-    return full[:, :, :h, :w]
+    return expand_patches(grid.view(n, 1, gh, gw), patch_size, h, w)
 
 
 def top_patches(feature_map: torch.Tensor, k: int, patch_size: int) -> torch.Tensor:
@@ -75,16 +111,18 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_m
         elif spec.mode == "blur":
             from torchvision.transforms.functional import gaussian_blur
 
-            k = 2 * int(3 * spec.blur_sigma) + 1
+            side = min(v.shape[-2:])
+            k = min(2 * int(3 * spec.blur_sigma) + 1, side if side % 2 else side - 1)  # the kernel must fit
             out[m] = gaussian_blur(v, [k, k], [spec.blur_sigma, spec.blur_sigma])
         else:  # patches / topk
             n, _, h, w = v.shape
+            p = spec.patch_size or DEFAULT_PATCH
             if spec.mode == "patches":
                 idx = torch.tensor(spec.patches, device=v.device).long().expand(n, -1)
             else:
                 if feature_maps is None or m not in feature_maps:
                     raise MMXError(f"top-k patch masking of {m!r} needs a model with an informativeness map")
-                idx = top_patches(feature_maps[m], spec.k, spec.patch_size)
-            sel = patch_grid_mask(n, h, w, spec.patch_size, idx)
+                idx = top_patches(feature_maps[m], spec.k, p)
+            sel = patch_grid_mask(n, h, w, p, idx)
             out[m] = torch.where(sel, torch.full_like(v, 0.5), v)
     return out

@@ -149,9 +149,8 @@ class MMDynamicsNet(Net):
 
     def loss(self, out: DynamicsOutput, y: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        ce = F.cross_entropy(out.logits.float(), y, weight=weight)
+        ce, terms = super().loss(out, y, weight)
         total = cfg.w_fused * ce
-        terms = {"ce": float(ce.detach())}
         for m in self.encoders:
             rows = out.present[m]
             if not bool(rows.any()):
