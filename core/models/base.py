@@ -85,7 +85,8 @@ class Method(ABC):
         data = self.check_data(data)
         seed_everything(seed)
         self.device = resolve_device(device)
-        tr = torch.as_tensor(split.train)
+        train_cfg = getattr(self.config, "train", None)
+        tr = torch.as_tensor(loop.training_rows(split.train, split.val, train_cfg))
         self.prep.fit({m: data.modalities[m][tr] for m in self.specs}, {m: data.present[m][tr] for m in self.specs})
         self.fit_result = self._fit(data, split, seed, progress, callback)
         return self.fit_result

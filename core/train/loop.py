@@ -15,6 +15,7 @@ from torch import nn
 
 from core import metrics
 from core.data.dataset import MultimodalDataset
+from core.errors import MMXError
 from core.models.output import ModelOutput
 
 
@@ -86,6 +87,14 @@ def iterate(n_or_idx: np.ndarray, batch_size: int | None, gen: torch.Generator |
         yield idx[s:s + size]
 
 
+def training_rows(train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainConfig | None) -> np.ndarray:
+    """The rows a model learns from (its input scaling included): with a fixed schedule nothing
+    is selected, so the validation rows train too."""
+    if cfg is not None and cfg.fixed_schedule:
+        return np.concatenate([np.asarray(train_idx), np.asarray(val_idx)])
+    return np.asarray(train_idx)
+
+
 def fit(
     net: nn.Module,
     forward: Callable[[dict, bool], ModelOutput],
@@ -104,9 +113,10 @@ def fit(
     ``forward(batch, train)`` prepares a device batch and runs the net; ``net.loss(out, y,
     weight)`` returns ``(loss, terms)``. ``params`` restricts what the optimiser updates.
     """
+    if cfg.epochs < 1:
+        raise MMXError(f"training needs at least 1 epoch, got epochs={cfg.epochs}")
     t0 = time.perf_counter()
-    if cfg.fixed_schedule:  # nothing is selected, so the validation rows train too
-        train_idx = np.concatenate([np.asarray(train_idx), np.asarray(val_idx)])
+    train_idx = training_rows(train_idx, val_idx, cfg)
     gen = torch.Generator().manual_seed(seed)
     weight = class_weights(data.y[torch.as_tensor(train_idx)], data.n_classes).to(device) if cfg.class_weighted else None
     opt = torch.optim.Adam(params if params is not None else [p for p in net.parameters() if p.requires_grad],
