@@ -190,6 +190,13 @@ def test_mcat_needs_exactly_two_omics(demo, mods):
         get_method("mcat", ds.specs, ds.classes)
 
 
+def test_mcat_refuses_modality_dropout_without_a_filling(demo):
+    ds = demo.dataset.select(["rna", "protein"])
+    with pytest.raises(MMXError, match="cannot skip a dropped modality"):
+        get_method("mcat", ds.specs, ds.classes, modality_dropout=0.3)
+    get_method("mcat", ds.specs, ds.classes, modality_dropout=0.3, missing="zeros")  # zero filling is explicit
+
+
 def test_mcat_rejects_three_omics_of_rosmap_and_unknown_guide(rosmap):
     ds = rosmap.dataset
     with pytest.raises(MMXError, match="exactly two omics"):

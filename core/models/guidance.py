@@ -243,7 +243,7 @@ class GuidanceMethod(Method):
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
         t0 = time.perf_counter()
         self.net = self.build_net()
-        self.net.to(self.device)
+        self.module().to(self.device)
         has_i = data.present[self.inferior].numpy()
         has_s = np.logical_and.reduce([data.present[m].numpy() for m in self.superior])
         self.stages, task_heads = {}, {}
@@ -364,13 +364,13 @@ class GuidanceMethod(Method):
             raise MMXError(f"reference heads are {list(REFERENCE_HEADS)}, not {head!r}")
         needed = self.superior if head == "S" else (self.inferior, *self.superior)
         data, idx = self._rows_with(data, idx, needed)
-        self.net.to(self.device)
+        self.module().to(self.device)
         out = loop.predict_outputs(self.net, lambda b, t: self.net.reference(self.prepared(b), head), data, idx,
                                    self.device, self.config.train.batch_size)
         return Prediction(torch.softmax(out.logits.float(), 1).numpy(), out)
 
     def _predict_outputs(self, data, idx, masks, head: str = "G(I)+I") -> ModelOutput:
-        self.net.to(self.device)
+        self.module().to(self.device)
         return loop.predict_outputs(self.net, lambda b, t: self.net.infer(self.prepared(b, masks), head), data, idx,
                                     self.device, self.config.train.batch_size)
 

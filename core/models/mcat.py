@@ -120,6 +120,9 @@ class MCAT(TorchMethod):
                            + ", ".join(f"{m} ({s.kind})" for m, s in specs.items()))
         if config.guide is not None and config.guide not in specs:
             raise MMXError(f"mcat guide {config.guide!r} is not one of the modalities {list(specs)}")
+        if config.modality_dropout > 0 and config.missing == "native":
+            raise MMXError("mcat cannot skip a dropped modality: give modality_dropout together with a filling "
+                           "(missing=zeros or mean)")
         super().__init__(specs, classes, config)
 
     def build_net(self) -> Net:
