@@ -180,6 +180,7 @@ def test_phi_is_trained_in_step1_and_frozen_in_step2(demo, demo_missing, monkeyp
         return fit_phi(self, *a, **k)
 
     def spy_rho(self, *a, **k):
+        seen["phi_mode"] = (self.phi.training, any(p.requires_grad for p in self.phi.parameters()))
         seen["phi_before"], seen["rho_before"] = clone(self.phi), clone(self.rho)
         result = fit_rho(self, *a, **k)
         seen["phi_after"], seen["rho_after"] = clone(self.phi), clone(self.rho)
@@ -191,6 +192,7 @@ def test_phi_is_trained_in_step1_and_frozen_in_step2(demo, demo_missing, monkeyp
     m.fit(demo_missing, demo.splits["logo"][0], seed=0)
     changed = lambda a, b: [k for k in a if not torch.equal(a[k], b[k])]  # noqa: E731
     assert changed(seen["phi_init"], seen["phi_before"])  # step 1 trained phi
+    assert seen["phi_mode"] == (False, False)  # step 2 encodes with phi frozen and in eval mode (no dropout)
     assert not changed(seen["phi_before"], seen["phi_after"])  # step 2 left it as it was
     assert changed(seen["rho_before"], seen["rho_after"])  # ... and trained rho
     assert not any(p.requires_grad for p in m.phi.parameters())
@@ -204,8 +206,9 @@ def test_small_cnn_backbone_when_vgg_weights_are_not_cached(demo, tmp_path, monk
         m = get_method("hypermm", ds.specs, ds.classes)
     assert m.config.backbone == "small_cnn"  # what a checkpoint card records
     assert any("small CNN trained from scratch" in r.getMessage() for r in caplog.records)
+    vgg = get_method("hypermm", ds.specs, ds.classes, backbone="vgg11")  # layers only, for a checkpoint
     with pytest.raises(MMXError, match="never downloaded"):
-        get_method("hypermm", ds.specs, ds.classes, backbone="vgg11")
+        vgg.fit(ds, demo.splits["logo"][0])
 
 
 def test_vgg11_backbone_from_the_torchvision_cache(demo, tmp_path, monkeypatch):
@@ -220,6 +223,7 @@ def test_vgg11_backbone_from_the_torchvision_cache(demo, tmp_path, monkeypatch):
     ds = demo.dataset
     m = get_method("hypermm", ds.specs, ds.classes)
     assert m.config.backbone == "vgg11" and m.phi.backbone.out_features == 512
+    m.phi, m.rho = m._build()  # what a fit starts from
     assert all(torch.equal(a, b) for a, b in zip(m.phi.backbone.features.state_dict().values(),
                                                  reference.state_dict().values()))
     assert not any(p.requires_grad for p in m.phi.backbone.parameters())  # ImageNet features stay frozen
@@ -339,7 +343,7 @@ def test_robustness_figure_draws_one_line_per_method_and_metric():
     assert list(first.error_y.array) == [1.0, 5.0] and first.line.width > fig.data[1].line.width
 
 
-def test_derm_findings_name_the_majority_rate(derm7pt):
+def test_majority_rate_and_note(derm7pt):
     from core.experiments import hypermm as exp
     from core.train.experiment import Row, RowResult
 
@@ -356,3 +360,25 @@ def test_derm_findings_name_the_majority_rate(derm7pt):
     assert f"{100 * share:.1f} %" in near and "LR reaches within 2 points" in near
     far = exp.majority_note([scenario({exp.HYPERMM: 0.47, "LR": share - 0.1})], (cls, share))
     assert far.endswith("test set.")
+
+
+def test_vgg11_checkpoint_loads_without_the_torchvision_cache(demo_missing, tmp_path, monkeypatch):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from core.train.checkpoint import load_checkpoint, save_checkpoint
+
+    cache = tmp_path / "hub"
+    (cache / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["A"]).state_dict().items()},
+               cache / "checkpoints" / "vgg11-8a719046.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(cache))
+    ds = demo_missing
+    m = get_method("hypermm", ds.specs, ds.classes, epochs=1, rho_train={"epochs": 1, "batch_size": 64})
+    split = Split("s", np.arange(0, 40), np.arange(40, 60), np.arange(60, 80))
+    m.fit(ds, split)
+    save_checkpoint(m, tmp_path / "vgg", task="demo")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty"))
+    again = load_checkpoint(tmp_path / "vgg")
+    assert again.config.backbone == "vgg11"
+    assert np.allclose(again.predict(ds, split.test).proba, m.predict(ds, split.test).proba, atol=1e-6)

@@ -39,8 +39,8 @@ def drop_modalities(batch: dict, rate: float) -> dict:
     mods = list(batch["present"])
     present = torch.stack([batch["present"][m] for m in mods], 1)
     keep = draw_presence(present, torch.full((len(mods),), rate))
-    x = {m: torch.where(keep[:, j].view(-1, *[1] * (v.ndim - 1)), v, torch.zeros_like(v))
-         for j, (m, v) in enumerate(batch["x"].items())}
+    x = {m: torch.where(keep[:, j].view(-1, *[1] * (batch["x"][m].ndim - 1)), batch["x"][m],
+                        torch.zeros_like(batch["x"][m])) for j, m in enumerate(mods)}
     return {**batch, "x": x, "present": {m: keep[:, j] for j, m in enumerate(mods)}}
 
 

@@ -79,14 +79,16 @@ class VGGFeatures(nn.Module):
 
     out_features = 512
 
-    def __init__(self, weights: Path):
+    def __init__(self, weights: Path | None):
+        """``weights``: the cached ImageNet file; None builds the layers only (a checkpoint fills them)."""
         super().__init__()
         from torchvision.models.vgg import cfgs, make_layers
 
         features = make_layers(cfgs["A"])  # VGG11's convolutional part
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
-                                  if k.startswith("features.")})
+        if weights is not None:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                                      if k.startswith("features.")})
         self.features = features.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -95,16 +97,17 @@ class VGGFeatures(nn.Module):
         return F.adaptive_avg_pool2d(self.features((x - self.mean) / self.std), 1).flatten(1)
 
 
-def build_backbone(choice: str, in_channels: int, width: int) -> tuple[nn.Module, str]:
-    """The image backbone and its resolved name (``vgg11`` or ``small_cnn``)."""
+def build_backbone(choice: str, in_channels: int, width: int, pretrained: bool = True) -> tuple[nn.Module, str]:
+    """The image backbone and its resolved name (``vgg11`` or ``small_cnn``). ``pretrained=False``:
+    VGG11 layers without the ImageNet weights, for a model whose weights come from a checkpoint."""
     if choice not in BACKBONES:
         raise MMXError(f"backbone={choice!r} is not one of {BACKBONES}")
     weights = None if choice == "small_cnn" else cached_vgg11_weights()
-    if choice == "vgg11" and (weights is None or in_channels != 3):
+    if choice == "vgg11" and (in_channels != 3 or (weights is None and pretrained)):
         raise MMXError("backbone='vgg11' needs 3-channel images and the ImageNet VGG11 weights in the torchvision "
                        f"cache ({Path(torch.hub.get_dir()) / 'checkpoints'}); they are never downloaded here")
-    if weights is not None and in_channels == 3:
-        return VGGFeatures(weights), "vgg11"
+    if in_channels == 3 and (weights is not None or choice == "vgg11"):
+        return VGGFeatures(weights if pretrained else None), "vgg11"
     if choice == "auto":
         log.warning("HyperMM: ImageNet VGG11 weights are not in the torchvision cache (%s); using a small CNN "
                     "trained from scratch as the backbone", Path(torch.hub.get_dir()) / "checkpoints")
@@ -147,14 +150,14 @@ class UniversalExtractor(nn.Module):
     """phi: backbone (images) or input adapter (omics), then the hypernetwork layer; plus the
     step-1 decoder (reconstructs the backbone features) and classification head."""
 
-    def __init__(self, specs: dict[str, ModalitySpec], n_classes: int, cfg: HyperMMConfig):
+    def __init__(self, specs: dict[str, ModalitySpec], n_classes: int, cfg: HyperMMConfig, pretrained: bool = True):
         super().__init__()
         self.modality_ids = {m: i for i, m in enumerate(specs)}
         channels = {s.image_shape[0] for s in specs.values() if s.kind == "image"}
         if len(channels) > 1:
             raise MMXError("HyperMM shares one backbone across image modalities; "
                            f"their channel counts differ {channels}")
-        self.backbone, self.backbone_name = (build_backbone(cfg.backbone, channels.pop(), cfg.width) if channels
+        self.backbone, self.backbone_name = (build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained) if channels
                                              else (None, "none"))
         dim = self.backbone.out_features if self.backbone is not None else cfg.width
         self.adapters = nn.ModuleDict({m: OmicsEncoder(s.n_features, dim, cfg.adapter_dropout)
@@ -292,14 +295,14 @@ class HyperMM(Method):
         if config.rho_train.augment:
             raise MMXError("HyperMM step 2 encodes each observed modality once with the frozen phi; "
                            "augmentation belongs to step 1 (train.augment)")
-        self.phi, self.rho = self._build()
-        self.phi_fit: loop.FitResult | None = None  # step 1's record (``fit_result`` ends with step 2)
+        # layers only: a fit loads the ImageNet weights afresh, a checkpoint brings its own
+        self.phi, self.rho = self._build(pretrained=False)
         self.config = replace(config, backbone=self.phi.backbone_name if self.phi.backbone is not None
                               else config.backbone)  # the card records the backbone actually used
 
-    def _build(self) -> tuple[UniversalExtractor, SetClassifier]:
+    def _build(self, pretrained: bool = True) -> tuple[UniversalExtractor, SetClassifier]:
         c = self.config
-        return (UniversalExtractor(self.specs, self.n_classes, c),
+        return (UniversalExtractor(self.specs, self.n_classes, c, pretrained),
                 SetClassifier(c.width, c.rho_hidden, self.n_classes, c.rho_dropout, c.aggregation))
 
     def module(self) -> nn.Module:
@@ -321,7 +324,6 @@ class HyperMM(Method):
         result = loop.fit(net, lambda b, train: net(self.prepared(b), b["present"]), data, split.train, split.val,
                           self.config.train, self.device, seed, progress, callback)
         self.phi.requires_grad_(False).eval()
-        self.phi_fit = result
         return result
 
     @torch.no_grad()
