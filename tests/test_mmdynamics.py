@@ -289,6 +289,8 @@ def test_fixed_schedule_keeps_final_weights_and_trains_on_validation(cells, monk
     assert sorted(np.unique(np.concatenate(seen)).tolist()) == sorted(np.r_[split.train, split.val].tolist())
     assert m.fit_result.best_epoch == 3 and all(set(h) == {"epoch", "train_loss"} for h in m.fit_result.history)
     assert all(torch.equal(v, m.net.state_dict()[k]) for k, v in states[3].items())
+    rows = ds.modalities["protein"][torch.as_tensor(np.r_[split.train, split.val])].float()
+    torch.testing.assert_close(m.prep.shift_protein, rows.min(0).values)  # scaling fitted on every row that trains
 
 
 # ------------------------------------------------------------------ explain outputs
