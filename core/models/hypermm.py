@@ -157,8 +157,8 @@ class UniversalExtractor(nn.Module):
         if len(channels) > 1:
             raise MMXError("HyperMM shares one backbone across image modalities; "
                            f"their channel counts differ {channels}")
-        self.backbone, self.backbone_name = (build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained) if channels
-                                             else (None, "none"))
+        self.backbone, self.backbone_name = (
+            build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained) if channels else (None, "none"))
         dim = self.backbone.out_features if self.backbone is not None else cfg.width
         self.adapters = nn.ModuleDict({m: OmicsEncoder(s.n_features, dim, cfg.adapter_dropout)
                                        for m, s in specs.items() if s.kind == "omics"})

@@ -3,8 +3,9 @@
 Images: ``gray`` (uniform 0.5, the seed study's), ``zeros``, ``blur``, ``patches`` (listed
 patches set to gray) and ``topk`` (the k most informative patches by the model's own map set
 to gray). As text: ``gray``, ``topk:8``, ``patches:0,17,33``. Patches live on the model's own
-patch grid (its ``patch_size``; 4 px for models without one). Omics: ``zeros`` (after scaling) or ``mean`` (the training mean). Only the masked
-modalities change; presence is left as it is (masking is not missingness).
+patch grid (its ``patch_size``; 4 px for models without one). Omics: ``zeros`` (after
+scaling) or ``mean`` (the training mean). Only the masked modalities change; presence is left
+as it is (masking is not missingness).
 """
 from __future__ import annotations
 
