@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         if not args.task or not args.method:
             raise MMXError("give --task and --method (or --experiment, or --list)")
         from core.data.tasks import get_task
-        from core.train.experiment import Row, run_rows, write_table
+        from core.experiments.runner import Row, run_rows, write_table
 
         td = get_task(args.task, args.data_dir)
         if td.dataset.synthetic:

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import MMXError
 from core.models import get_method
-from core.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

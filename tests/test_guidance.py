@@ -257,7 +257,7 @@ def test_comparison_api(fitted):
 
 
 def test_checkpoint_round_trip(fitted, tmp_path):
-    from core.train.checkpoint import load_checkpoint, save_checkpoint
+    from core.checkpoint import load_checkpoint, save_checkpoint
 
     m, ds, split, _ = fitted
     loaded = load_checkpoint(save_checkpoint(m, tmp_path / "g", task="cells"))
@@ -267,8 +267,8 @@ def test_checkpoint_round_trip(fitted, tmp_path):
 
 
 def test_melanoma_from_predicted_criteria():
-    from core.experiments.guidance import CRITERIA, ROWS, _melanoma_runs
     from core.data.splits import Split
+    from core.experiments.guidance import CRITERIA, ROWS, _melanoma_runs
 
     # case 0: PN atypical (2) + BWV present (2) = 4; case 1: only STR irregular = 1; case 2: nothing = 0
     classes = {"PN": [2, 0, 0], "BWV": [1, 0, 0], "VS": [0, 0, 0], "PIG": [0, 0, 0], "STR": [0, 2, 0],

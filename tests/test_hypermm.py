@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from core import metrics
-from core.data.splits import Split
 from core.data.missing import draw_presence, missing_fractions, simulate_missing
+from core.data.splits import Split
 from core.errors import MMXError
 from core.models import get_method
 from core.models.hypermm import HyperMM, SetClassifier, pack_sets
@@ -323,7 +323,7 @@ def test_hypermm_uses_real_derm7pt_missingness(derm7pt):
 
 
 def test_checkpoint_card_records_the_backbone(demo_missing, trained, tmp_path):
-    from core.train.checkpoint import load_checkpoint, read_card, save_checkpoint
+    from core.checkpoint import load_checkpoint, read_card, save_checkpoint
 
     save_checkpoint(trained, tmp_path / "hypermm", task="demo")
     assert read_card(tmp_path / "hypermm")["config"]["backbone"] == "small_cnn"
@@ -345,7 +345,7 @@ def test_robustness_figure_draws_one_line_per_method_and_metric():
 
 def test_majority_rate_and_note(derm7pt):
     from core.experiments import hypermm as exp
-    from core.train.experiment import Row, RowResult
+    from core.experiments.runner import Row, RowResult
 
     cls, share = exp.majority_rate(derm7pt, None)
     test = derm7pt.splits[derm7pt.default_split][0].test
@@ -365,7 +365,7 @@ def test_majority_rate_and_note(derm7pt):
 def test_vgg11_checkpoint_loads_without_the_torchvision_cache(demo_missing, tmp_path, monkeypatch):
     from torchvision.models.vgg import cfgs, make_layers
 
-    from core.train.checkpoint import load_checkpoint, save_checkpoint
+    from core.checkpoint import load_checkpoint, save_checkpoint
 
     cache = tmp_path / "hub"
     (cache / "checkpoints").mkdir(parents=True)

@@ -312,7 +312,7 @@ def test_explain_outputs_of_a_forward_pass(fitted):
 
 
 def test_checkpoint_round_trip_keeps_predictions_and_explanations(fitted, tmp_path):
-    from core.train.checkpoint import load_checkpoint, save_checkpoint
+    from core.checkpoint import load_checkpoint, save_checkpoint
 
     m, ds, split = fitted
     loaded = load_checkpoint(save_checkpoint(m, tmp_path / "mm", task="cells"))

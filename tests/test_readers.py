@@ -8,8 +8,15 @@ import tifffile
 from PIL import Image
 
 from core.data import readers
-from core.data.readers import (list_image_folder, normalize_expression, read_csv_table, read_h5ad, read_h5mu,
-                               read_image, align_tables)
+from core.data.readers import (
+    align_tables,
+    list_image_folder,
+    normalize_expression,
+    read_csv_table,
+    read_h5ad,
+    read_h5mu,
+    read_image,
+)
 from core.errors import MMXError
 
 

@@ -26,8 +26,8 @@ from core import metrics
 from core.data.tasks import get_task
 from core.experiments import command, register_experiment
 from core.experiments.mmdynamics import CELLS_TRAIN, DERM_IMAGE_SIZE, DERM_TRAIN, SEED_STATIC_WEIGHTS
+from core.experiments.runner import Row, run_rows, run_table, write_table
 from core.models.mmdynamics import reference_training
-from core.train.experiment import Row, run_rows, run_table, write_table
 
 EARLY = (("KNN", "early_knn"), ("LR", "early_lr"), ("NN", "early_mlp"), ("RF", "early_rf"), ("SVM", "early_svm"))
 

@@ -23,10 +23,10 @@ from core import metrics
 from core.data.tasks import get_task
 from core.data.tasks.derm7pt import seven_point_score
 from core.experiments import command, register_experiment
+from core.experiments.runner import duration
 from core.explain.guidance import class_deltas
 from core.models import get_method
 from core.train.device import resolve_device
-from core.train.experiment import duration
 from core.train.loop import TrainConfig
 from core.train.results import atomic_write_text, write_json
 

@@ -24,9 +24,9 @@ from core import metrics
 from core.data.missing import missing_fractions, simulate_missing
 from core.data.tasks import TaskData, get_task
 from core.experiments import command, register_experiment
+from core.experiments.runner import Row, RowResult, duration, run_rows
 from core.models import get_method
 from core.train.device import resolve_device
-from core.train.experiment import Row, RowResult, duration, run_rows
 from core.train.results import atomic_write_text, write_json
 from core.viz.export import save_figure
 from core.viz.robustness import robustness_figure

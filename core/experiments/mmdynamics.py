@@ -28,8 +28,8 @@ from core import metrics
 from core.data.splits import stratified_kfold
 from core.data.tasks import TaskData, get_task
 from core.experiments import command, register_experiment
+from core.experiments.runner import Row, duration, pct, run_rows, run_table, write_table
 from core.train.device import resolve_device
-from core.train.experiment import Row, duration, pct, run_rows, run_table, write_table
 from core.viz.ablation import ablation_figure
 from core.viz.export import save_figure
 

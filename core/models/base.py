@@ -19,10 +19,10 @@ from core.data.splits import Split
 from core.errors import MMXError
 from core.models.absent import check_settings, drop_modalities, fill_absent
 from core.models.masking import MaskSpec, apply_mask, parse_mask
-from core.models.output import ModelOutput
 from core.models.prep import InputPrep
 from core.train import loop
 from core.train.device import resolve_device, seed_everything
+from core.train.output import ModelOutput
 
 
 @dataclass

@@ -10,9 +10,9 @@ from torch import nn
 from core.errors import MMXError
 from core.models.base import DeepConfig, Net, TorchMethod
 from core.models.encoders import SmallCNN
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 
 @dataclass

@@ -24,10 +24,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from core.models.base import Method, MethodConfig
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.train import loop
 from core.train.loop import iterate
+from core.train.output import ModelOutput
 
 
 @dataclass

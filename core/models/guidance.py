@@ -37,11 +37,11 @@ from core.errors import MMXError
 from core.models.base import Method, MethodConfig, Net, Prediction
 from core.models.encoders import build_encoder
 from core.models.masking import parse_mask
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.train import loop
 from core.train.device import seed_everything
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 INFERENCE_HEADS = ("G(I)+I", "G(I)", "I")
 REFERENCE_HEADS = ("S", "S+I")

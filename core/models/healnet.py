@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from core.models.base import DeepConfig, Net, TorchMethod
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.models.tokens import tokenizer
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 
 @dataclass

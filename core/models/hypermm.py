@@ -34,10 +34,10 @@ from core.data.dataset import ModalitySpec
 from core.errors import MMXError
 from core.models.base import Method, MethodConfig, Net
 from core.models.encoders import OmicsEncoder, SmallCNN
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.train import loop
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 log = logging.getLogger(__name__)
 

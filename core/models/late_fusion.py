@@ -9,9 +9,9 @@ from torch import nn
 
 from core.models.base import DeepConfig, Net, TorchMethod
 from core.models.encoders import build_encoder
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 
 @dataclass

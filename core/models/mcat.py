@@ -30,10 +30,10 @@ from torch import nn
 
 from core.errors import MMXError
 from core.models.base import DeepConfig, Net, TorchMethod
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.models.tokens import FeatureChunks, GroupedLinear
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 
 @dataclass

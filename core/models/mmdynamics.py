@@ -38,10 +38,10 @@ from core.data.dataset import ModalitySpec
 from core.errors import MMXError
 from core.models.base import DeepConfig, Net, TorchMethod
 from core.models.encoders import build_encoder
-from core.models.output import ModelOutput
 from core.models.registry import register_method
 from core.models.unet_gate import PatchGate
 from core.train.loop import TrainConfig
+from core.train.output import ModelOutput
 
 
 def reference_training() -> TrainConfig:

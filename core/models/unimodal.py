@@ -15,9 +15,9 @@ import torch
 from core.data.splits import Split
 from core.errors import MMXError
 from core.models.base import Method, MethodConfig
-from core.models.output import ModelOutput
 from core.models.registry import get_method, register_method
 from core.train import loop
+from core.train.output import ModelOutput
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from core import metrics
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
-from core.models.output import ModelOutput
+from core.train.output import ModelOutput
 
 
 @dataclass

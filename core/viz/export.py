@@ -9,7 +9,6 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 
-
 @functools.lru_cache(maxsize=1)
 def static_export_available() -> bool:
     """True when kaleido can render PNG/SVG here (it needs Chrome or Chromium)."""
