@@ -31,11 +31,23 @@ def _fit_score(name, ds, split, **cfg):
     return m, metrics.compute(ds.y[split.test].numpy(), pred.proba)
 
 
-@pytest.mark.parametrize("name", [*EARLY, "healnet", "mcat"])
+@pytest.mark.parametrize("name", [*EARLY, "healnet"])
 def test_baseline_learns_demo(demo, name):
-    ds = demo.dataset.select(["rna", "protein"]) if name == "mcat" else demo.dataset  # others: image too
-    _, m = _fit_score(name, ds, demo.splits["logo"][0], **({} if name in EARLY else DEEP_DEMO))
+    _, m = _fit_score(name, demo.dataset, demo.splits["logo"][0], **({} if name in EARLY else DEEP_DEMO))
     assert m["balanced_accuracy"] > 0.8, m  # 4 classes: chance is 0.25
+
+
+def test_mcat_learns_demo_whatever_the_seed(demo):
+    """MCAT once learned demo with some seeds only (0.50 with seed 0: few optimizer steps per epoch
+    and early stopping on balanced accuracy over 23 validation rows); every seed of 0-9 must learn."""
+    ds = demo.dataset.select(["rna", "protein"])
+    split = demo.splits["logo"][0]
+    scores = {}
+    for seed in range(10):
+        m = get_method("mcat", ds.specs, ds.classes, **DEEP_DEMO)
+        m.fit(ds, split, seed=seed)
+        scores[seed] = metrics.compute(ds.y[split.test].numpy(), m.predict(ds, split.test).proba)["balanced_accuracy"]
+    assert min(scores.values()) > 0.8, scores
 
 
 def _learned_cells(m: dict) -> bool:

@@ -23,35 +23,59 @@ def test_registry_lists_skeleton_methods():
     assert {"early_lr", "late_mlp"} <= names
 
 
-def test_best_weights_are_a_copy_and_restored(demo, monkeypatch):
-    saved = {}
-    real_fit = loop.fit
+def _snapshots():
+    """A training callback that keeps a real copy of the net after every epoch, and the snapshots."""
+    snaps = {}
 
-    def spy(net, *a, **k):
-        res = real_fit(net, *a, **k)
-        saved["state"] = {k_: v.clone() for k_, v in net.state_dict().items()}
-        return res
+    def callback(method):
+        def cb(epoch, total, record):  # the method builds a fresh net in fit, so look it up each time
+            snaps[epoch] = {k: v.detach().clone() for k, v in method.net.state_dict().items()}
+        return cb
 
-    monkeypatch.setattr(loop, "fit", spy)
-    m = _fit("late_mlp", demo, epochs=6, patience=None)
-    # the net holds the best weights; mutating it now must not change the saved snapshot
-    with torch.no_grad():
-        for p in m.net.parameters():
-            p.add_(1.0)
-    assert any(not torch.equal(saved["state"][k], v) for k, v in m.net.state_dict().items())
-    hist = m.fit_result.history
-    best = max(hist, key=lambda h: (h["balanced_accuracy"], -h["loss"]))
-    assert m.fit_result.best_epoch == best["epoch"]
+    return snaps, callback
 
 
-def test_best_epoch_state_is_not_the_last(demo):
-    """With a huge learning rate late epochs get worse; the returned net must be the best one."""
-    ds = demo.dataset
-    split = demo.splits["logo"][0]
-    m = get_method("late_mlp", ds.specs, ds.classes, epochs=8, patience=None, lr=1e-3)
-    m.fit(ds, split, seed=0)
-    val = metrics.compute(ds.y[split.val].numpy(), m.predict(ds, split.val).proba)
-    assert val["balanced_accuracy"] == max(h["balanced_accuracy"] for h in m.fit_result.history)
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_epoch_weights_are_restored_not_the_last(demo, monkeypatch):
+    """Validation scores are scripted (best at epoch 2 of 4), so the restore is exercised for sure:
+    the returned net equals its snapshot after epoch 2 and differs from the last epoch's. Deleting
+    the restore, or keeping ``net.state_dict()`` by reference instead of a copy, fails this."""
+    scores = iter([0.5, 0.9, 0.6, 0.4])
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"loss": 1.0, "balanced_accuracy": next(scores)})
+    ds, split = demo.dataset, demo.splits["logo"][0]
+    m = get_method("late_mlp", ds.specs, ds.classes, epochs=4, patience=None)
+    snaps, callback = _snapshots()
+    m.fit(ds, split, seed=0, callback=callback(m))
+    assert m.fit_result.best_epoch == 2 and m.fit_result.epochs_run == 4
+    final = m.net.state_dict()
+    assert not _same(snaps[2], snaps[4])  # training moved the weights after the best epoch
+    assert _same(final, snaps[2]) and not _same(final, snaps[4])
+
+
+def test_restored_net_scores_what_its_best_epoch_scored(demo):
+    """Real validation: after epoch 3 the weights are wrecked in place each epoch (as a diverging
+    run would), so the best epoch is early. The returned net must score exactly the best epoch's
+    validation loss; in-place wrecking also spoils a best state held by reference."""
+    ds, split = demo.dataset, demo.splits["logo"][0]
+    m = get_method("late_mlp", ds.specs, ds.classes, epochs=6, patience=None, monitor="loss")
+
+    def wreck(epoch, total, record):
+        if epoch >= 3:
+            with torch.no_grad():
+                for p in m.net.parameters():
+                    p.mul_(-40.0).add_(3.0)
+
+    m.fit(ds, split, seed=0, callback=wreck)
+    hist = {h["epoch"]: h for h in m.fit_result.history}
+    best = m.fit_result.best_epoch
+    assert best <= 3 < m.fit_result.epochs_run and hist[6]["loss"] > 10 * hist[best]["loss"]
+    val = loop.evaluate(m.net, m.forward, ds, split.val, m.device, loop.class_weights(ds.y[split.train], 4), 64)
+    assert val["loss"] == hist[best]["loss"] and val["balanced_accuracy"] == hist[best]["balanced_accuracy"]
+    val_proba = m.predict(ds, split.val).proba
+    assert metrics.compute(ds.y[split.val].numpy(), val_proba)["balanced_accuracy"] == hist[best]["balanced_accuracy"]
 
 
 def test_same_seed_same_metrics(demo):

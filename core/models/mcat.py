@@ -45,7 +45,11 @@ class MCATConfig(DeepConfig):
     heads: int = 4  # heads of the stream transformers (the co-attention has one, as in the paper)
     layers: int = 2
     dropout: float = 0.25
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=32, lr=5e-4, patience=20))
+    # small cohorts: batches of 16 give the deep stack enough optimizer steps per epoch (the paper
+    # accumulates gradients over 32 of ~1000 slides), and the validation loss selects the epoch
+    # (balanced accuracy on a few dozen validation rows stalls early and stops training too soon)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=16, lr=5e-4, patience=20,
+                                                                   monitor="loss"))
 
 
 class GatedAttentionPool(nn.Module):
