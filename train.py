@@ -9,18 +9,38 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from core.errors import MMXError
 
+if TYPE_CHECKING:
+    from core.models.base import MethodConfig
 
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+
+def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict (text values); a malformed one raises :class:`MMXError`."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise MMXError(f"{option} expects {form}, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def method_config(method: str, settings: list[str], epochs: int | None = None) -> "MethodConfig":
+    """The config ``--method``, ``--set`` and ``--epochs`` ask for, type-checked: ``epochs``
+    reaches every training stage (:func:`core.models.registry.with_epochs`)."""
+    from core.models.registry import make_config, method_entry, with_epochs
+
+    config_cls = method_entry(method).config_cls
+    overrides = _pairs(settings, "--set", "KEY=VALUE")
+    if epochs is not None:
+        overrides = with_epochs(config_cls, overrides, epochs)
+    return make_config(config_cls, overrides)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,8 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", help="extra label column to predict instead of the main one (e.g. derm7pt BWV)")
     p.add_argument("--split", help="split scheme of the task (default: the task's first)")
     p.add_argument("--seeds", help="comma-separated seeds to run (default: all of the split scheme)")
-    p.add_argument("--epochs", type=int, help="override the method's training epochs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config setting")
+    p.add_argument("--epochs", type=int, help="training epochs of EVERY training stage of the method (e.g. "
+                   "hypermm's train and rho_train); a --set of one stage's epochs wins")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config setting, checked against its type: KEY=VALUE; a training stage's "
+                        "setting as STAGE.KEY, e.g. rho_train.epochs=5 (a flat training key such as lr=0.001 "
+                        "sets the 'train' stage); repeatable")
     p.add_argument("--mask", action="append", default=[], metavar="MODALITY=MODE", help="mask at test time")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--data-dir", help="data root (else $MMX_DATA_DIR, ./data, ../shared/data)")
@@ -72,8 +96,9 @@ def main(argv=None) -> int:
         if args.experiment:
             from core.experiments import get_experiment
 
+            task = {"task": args.task} if args.task else {}  # another task with the same modalities, e.g. demo
             for path in get_experiment(args.experiment).run(out_dir=args.out, device=args.device,
-                                                            data_dir=args.data_dir, progress=args.progress):
+                                                            data_dir=args.data_dir, progress=args.progress, **task):
                 print(f"wrote {path}")
             return 0
         if not args.task or not args.method:
@@ -81,15 +106,13 @@ def main(argv=None) -> int:
         from core.data.tasks import get_task
         from core.experiments.runner import Row, run_rows, write_table
 
+        # checked before any data is read; the table records the whole resolved config
+        config = dataclasses.asdict(method_config(args.method, args.set, args.epochs))
+        mask = _pairs(args.mask, "--mask", "MODALITY=MODE") or None
         td = get_task(args.task, args.data_dir)
         if td.dataset.synthetic:
             print("note: task 'demo' is SYNTHETIC data")
-        config = dict(kv.split("=", 1) for kv in args.set)
-        config = {k: _value(v) for k, v in config.items()}
-        if args.epochs is not None:
-            config["epochs"] = args.epochs
         mods = tuple(args.modalities.split(",")) if args.modalities else tuple(td.dataset.specs)
-        mask = dict(kv.split("=", 1) for kv in args.mask) or None
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
         row = Row(f"{args.method} ({'+'.join(mods)})", args.method, mods, config, mask, args.target)
         t0 = time.perf_counter()

@@ -5,6 +5,7 @@ std; ``markdown_table`` renders rows in the seed study's percentage format.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -32,32 +33,37 @@ def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
 
 def compute(y_true: Sequence[int], proba: np.ndarray, with_auroc: bool | None = None) -> dict[str, float]:
     """All metrics of one prediction. ``proba`` is N x C; AUROC is added for binary tasks
-    (or when ``with_auroc`` is True)."""
+    (or when ``with_auroc`` is True).
+
+    One rule for every per-class average, scikit-learn's: a class that occurs in neither the
+    truth nor the prediction is left out (macro F1 and balanced accuracy alike), a class that is
+    predicted but absent from the truth counts with F1 = 0 and has no weight in weighted means."""
     y_true = np.asarray(y_true)
     proba = np.asarray(proba)
     pred = proba.argmax(1)
-    labels = np.arange(proba.shape[1])
-    kw = dict(labels=labels, zero_division=0)
+    kw = dict(zero_division=0)
     out = {
         "f1_weighted": skm.f1_score(y_true, pred, average="weighted", **kw),
         "f1_macro": skm.f1_score(y_true, pred, average="macro", **kw),
         "recall_weighted": skm.recall_score(y_true, pred, average="weighted", **kw),
         "precision_weighted": skm.precision_score(y_true, pred, average="weighted", **kw),
         "accuracy": skm.accuracy_score(y_true, pred),
-        "balanced_accuracy": _balanced_accuracy(y_true, pred),
+        "balanced_accuracy": balanced_accuracy(y_true, pred),
         "f1_micro": skm.f1_score(y_true, pred, average="micro", **kw),
     }
     if proba.shape[1] == 2:  # binary F1 of the positive class, the "F1" of MOGONET's tables
-        out["f1"] = skm.f1_score(y_true, pred, average="binary", pos_label=1, zero_division=0)
+        out["f1"] = skm.f1_score(y_true, pred, labels=[0, 1], average="binary", pos_label=1, zero_division=0)
     if with_auroc or (with_auroc is None and proba.shape[1] == 2):
         out["auroc"] = auroc(y_true, proba)
     return {k: float(v) for k, v in out.items()}
 
 
-def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (sklearn's definition, no warning)."""
-    present = np.unique(y_true)
-    return float(np.mean([(pred[y_true == k] == k).mean() for k in present]))
+def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy (mean recall over the classes in ``y_true``), without its
+    warning about predicted classes that the truth lacks (they cannot add recall)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(skm.balanced_accuracy_score(y_true, pred))
 
 
 def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]) -> float:
@@ -74,19 +80,31 @@ def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int])
 
 
 def summarize(runs: Iterable[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    """Mean and (population) std of each metric over runs."""
+    """Mean and sample standard deviation (ddof 1: the spread of a few runs is an estimate, and
+    the population formula understates it) of each metric over runs; the std is NaN for one run."""
     runs = list(runs)
     keys = [k for k in runs[0] if all(k in r for r in runs)]
-    return {k: (float(np.nanmean([r[k] for r in runs])), float(np.nanstd([r[k] for r in runs]))) for k in keys}
+    return {k: (mean_std([r[k] for r in runs])) for k in keys}
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1) ignoring NaN; std NaN with fewer than two values."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+STD_NOTE = "std = sample standard deviation (ddof 1) over runs"
 
 
 def fmt(mean: float, std: float, percent: bool = True, digits: int = 1) -> str:
-    """``85.7 ± 1.2`` (percent) or ``0.857 ± 0.012``."""
+    """``85.7 ± 1.2`` (percent) or ``0.857 ± 0.012``; the mean alone when the std is undefined."""
     if np.isnan(mean):
         return "n/a"
-    if percent:
-        return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
-    return f"{mean:.{digits + 2}f} ± {std:.{digits + 2}f}"
+    scale, d = (100, digits) if percent else (1, digits + 2)
+    return f"{scale * mean:.{d}f}" + ("" if np.isnan(std) else f" ± {scale * std:.{d}f}")
 
 
 def markdown_table(rows: dict[str, dict[str, tuple[float, float]]], columns: Sequence[str] = SIX,
@@ -103,6 +121,7 @@ def markdown_table(rows: dict[str, dict[str, tuple[float, float]]], columns: Seq
                 cells.append("")
                 continue
             s = fmt(*r[c], percent=percent)
-            cells.append(f"**{s}**" if bold_best and len(rows) > 1 and best[c] is not None and r[c][0] == best[c] else s)
+            top = bold_best and len(rows) > 1 and best[c] is not None and r[c][0] == best[c]
+            cells.append(f"**{s}**" if top else s)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

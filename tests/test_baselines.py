@@ -242,29 +242,60 @@ def test_mcat_explain_maps_cover_both_omics(demo):
 
 
 # ------------------------------------------------------------------ findings text
-def test_findings_name_the_leader_and_whether_lr_leads():
-    def s(v):
-        return {c: (v, 0.01) for c in metrics.SIX}
-
-    rows = {"KNN (early)": s(0.80), "LR (early)": s(0.95), "HEALNet (intermediate)": s(0.90),
-            "MCAT (late)": s(0.85), "MM static (late)": s(0.70), "MM dynamics (late)": s(0.75)}
-    assert strongest(rows).startswith("LR is again the strongest: it has the best mean in 6 of 6")
-    rows["MM static (late)"] = s(0.97)
-    text = strongest(rows)
-    assert text.startswith("LR is not the strongest here: MM static (late) has the best mean in 6 of 6")
-    assert "larger than the run-to-run standard deviation" in text and "is above the best early-fusion" in text
-    rows["MM static (late)"] = {c: (0.97, 0.05) for c in metrics.SIX}
-    runs = {"LR (early)": [0.9, 0.95, 1.0], "MM static (late)": [0.92, 0.96, 0.99]}
-    text = strongest(rows, runs)
-    assert "within the larger run-to-run standard deviation (5.0)" in text
-    assert "Split by split, MM static (late) has the higher F1 in 2 of 3 runs." in text
+def test_findings_name_the_leader_and_whether_lr_leads(make_table):
+    rows = {"KNN (early)": 0.80, "LR (early)": 0.95, "HEALNet (intermediate)": 0.90, "MCAT (late)": 0.85,
+            "MM static (late)": 0.70, "MM dynamics (late)": 0.75}
+    text = strongest(make_table(rows))
+    assert text.startswith("LR has the best mean in 6 of 6")
+    assert "HEALNet (intermediate)" in text and "**HEALNet (intermediate) below LR (early)**" in text
+    text = strongest(make_table({**rows, "MM static (late)": 0.99}))
+    assert text.startswith("LR is not the leader by means here: MM static (late) has the best mean in")
+    assert "MM static (late) minus LR" in text and "called." in text
+    assert "**MM static (late) above LR (early)**" in text
+    text = strongest(make_table({**rows, "MM static (late)": 0.955}))
+    assert "not called, so LR is not shown to be weaker" in text
 
 
-def test_derm_findings_compare_the_two_images_and_the_majority_rate():
+def test_derm_findings_compare_the_two_images_and_the_majority_rate(make_table):
     from core.experiments.baselines import DERM_ROWS, derm_findings
 
     clinic, derm = (r.label for r in DERM_ROWS)
-    rows = {clinic: {c: (0.30, 0.02) for c in metrics.SIX}, derm: {c: (0.60, 0.02) for c in metrics.SIX}}
-    text = derm_findings(rows, ("NEV", 0.55))
-    assert f"Balanced accuracy: {derm} 60.0 ± 2.0 vs {clinic} 30.0 ± 2.0; the gap is larger than" in text
-    assert f"Accuracy of {clinic} is below the 55.0% that always answering NEV scores" in text
+    text = derm_findings(make_table({clinic: 0.30, derm: 0.60}, n_classes=5), ("NEV", 0.55))
+    assert f"Dermoscopic against clinical: **{derm} above {clinic}**" in text
+    assert f"Mean accuracy of {clinic} is below the 55.0% that always answering NEV scores" in text
+    text = derm_findings(make_table({clinic: 0.60, derm: 0.61}, n_classes=5), ("NEV", 0.55))
+    assert "**no difference called**" in text and "below the 55.0%" not in text
+
+
+def test_early_fusion_search_folds_keep_groups_whole():
+    """With enough groups in the training rows the search folds never split a group; with one
+    group (a single training donor) they are stratified folds; a class too rare to split turns
+    the search off."""
+    m = get_method("early_lr", _demo_specs(), ("a", "b"))
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    groups = rng.integers(0, 10, 100).astype(str)
+    folds, text = m._folds(y, groups, seed=0)
+    assert "groups not split" in text
+    for tr, te in folds.split(np.zeros((100, 1)), y, groups):
+        assert not set(groups[tr]) & set(groups[te])
+    folds, text = m._folds(y, np.full(100, "donor"), seed=0)
+    assert "one group" in text and folds.get_n_splits() == 5
+    assert m._folds(np.array([0] * 10 + [1]), np.arange(11).astype(str), seed=0) is None
+
+
+def _demo_specs():
+    from core.data.tasks import get_task
+
+    return get_task("demo").dataset.select(["rna"]).specs
+
+
+def test_early_fusion_search_picks_from_the_grid_and_uses_training_rows_only(demo):
+    ds, split = demo.dataset, demo.splits["logo"][0]
+    m = get_method("early_knn", ds.specs, ds.classes)
+    m.fit(ds, split, seed=0)
+    assert m.chosen["n_neighbors"] in m.grid["n_neighbors"] and m.chosen["weights"] in m.grid["weights"]
+    assert 0 < m.chosen["cv_f1_weighted"] <= 1 and m.fit_result.best_score == m.chosen["cv_f1_weighted"]
+    fixed = get_method("early_knn", ds.specs, ds.classes, search=False)
+    fixed.fit(ds, split, seed=0)
+    assert fixed.chosen == {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -92,3 +93,30 @@ def test_home_in_real_browser(server, tmp_path):
             page.screenshot(path=str(tmp_path / "home.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_exported_html_opens_offline(tmp_path):
+    """The HTML export embeds plotly.js instead of fetching it from a CDN."""
+    import plotly.graph_objects as go
+
+    from core.viz.export import figure_bytes, save_figure
+
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    html = figure_bytes(fig, "html").decode()
+    assert not re.search(r"<script[^>]*\bsrc=", html)  # no script fetched from anywhere
+    assert len(html) > 1_000_000 and "Plotly.newPlot" in html  # the library itself is inside
+    (path,) = save_figure(fig, tmp_path / "fig", formats=("html",))
+    saved = path.read_text()  # the same export (only plotly's random div id differs)
+    assert len(saved) > 1_000_000 and not re.search(r"<script[^>]*\bsrc=", saved)
+
+
+def test_browser_check_fails_in_ci_without_chromium(monkeypatch):
+    """In CI a missing browser is a failure, never a skip."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os.path, "exists", lambda p: False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        browser_required()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        browser_required()

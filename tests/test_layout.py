@@ -9,11 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
-    ("core", "core.errors", "core.paths", "core.metrics"),
+    ("core", "core.errors", "core.paths", "core.metrics", "core.stats"),
     ("core.data",),
     ("core.train",),
     ("core.models",),
@@ -47,7 +45,7 @@ def imported_core_modules(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "core"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "core":
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "core":
             found.add(node.module)
     return found
 

@@ -377,33 +377,27 @@ def test_binary_f1_is_the_positive_class_f1():
 
 
 # ------------------------------------------------------------------ experiments: findings follow the numbers
-def test_findings_are_computed_from_the_numbers():
+def test_findings_are_computed_from_the_numbers(make_table):
+    """Findings call an effect only when its paired bootstrap interval excludes 0."""
     from core.experiments import mmdynamics as exp
 
-    def summ(values):
-        return {k: {"balanced_accuracy": (v, 0.01)} for k, v in values.items()}
-
     labels = ["MM dynamics P+R+I", "MM dynamics P+R+I*", "MM dynamics P+R", "MM static P+R+I", "MM static P+R+I*"]
-    hurts_dyn = exp.masked_findings(summ(dict(zip(labels, [0.9, 0.5, 0.85, 0.9, 0.8]))))
-    hurts_sta = exp.masked_findings(summ(dict(zip(labels, [0.9, 0.85, 0.85, 0.9, 0.5]))))
-    assert "MM static*: **holds**" in hurts_dyn and "40.0 points" in hurts_dyn
-    assert "MM static*: **does not hold**" in hurts_sta
-    assert "(+30.0 points) is larger than the largest run-to-run" in hurts_dyn
-    close = exp.masked_findings(summ(dict(zip(labels, [0.9, 0.885, 0.85, 0.9, 0.89]))))
-    assert "MM static*: **holds**" in close and "(+0.5 points) is within the largest run-to-run" in close
-    abl = exp.ablation_findings(summ({"None": 0.80, "FI": 0.90, "MI": 0.79, "Both": 0.85}))
-    assert abl.count("**holds**") == 4 and "+10.0 points" in abl
-    abl = exp.ablation_findings(summ({"None": 0.90, "FI": 0.80, "MI": 0.95, "Both": 0.85}))
-    assert abl.count("**does not hold**") == 4
+    hurts_dyn = exp.masked_findings(make_table(dict(zip(labels, [0.9, 0.5, 0.85, 0.9, 0.8]))))
+    hurts_sta = exp.masked_findings(make_table(dict(zip(labels, [0.9, 0.85, 0.85, 0.9, 0.5]))))
+    close = exp.masked_findings(make_table(dict(zip(labels, [0.9, 0.89, 0.85, 0.9, 0.895]))))
+    assert "MM static*: **holds**" in hurts_dyn and "95% CI" in hurts_dyn
+    assert "MM static*: **is reversed**" in hurts_sta
+    assert "MM static*: **no difference called**" in close
+    abl = exp.ablation_findings(make_table({"None": 0.6, "FI": 0.9, "MI": 0.6, "Both": 0.9}))
+    assert "(FI vs None): **FI above None**" in abl and "(Both vs MI): **Both above MI**" in abl
+    assert "(None ≥ MI): **no difference called**" in abl and "(FI ≥ Both): **no difference called**" in abl
+    abl = exp.ablation_findings(make_table({"None": 0.9, "FI": 0.6, "MI": 0.9, "Both": 0.6}))
+    assert "**FI below None**" in abl and "**Both below MI**" in abl
     ref = exp.SCHEDULE_VARIANTS[0][0]
-
-    def acc(values, std=0.04):
-        return {k: {"accuracy": (v, std)} for k, v in values.items()}
-
-    assert "keeps it" in exp.schedule_findings(acc({ref: 0.80, "500 epochs": 0.78}), 5, 245)
-    close = exp.schedule_findings(acc({ref: 0.80, "500 epochs": 0.81}), 5, 245)
+    assert "keeps it" in exp.schedule_findings(make_table({ref: 0.80, "500 epochs": 0.78}), 5, 245)
+    close = exp.schedule_findings(make_table({ref: 0.80, "500 epochs": 0.81}), 5, 245)
     assert "ranks 2 of 2" in close and "keeps the published schedule" in close
-    assert "worth adopting" in exp.schedule_findings(acc({ref: 0.70, "500 epochs": 0.80}), 5, 245)
+    assert "worth adopting" in exp.schedule_findings(make_table({ref: 0.70, "500 epochs": 0.85}), 5, 245)
 
 
 def test_ablation_figure_has_one_group_per_variant():

@@ -3,6 +3,7 @@ writes its tables under ``results/``. Each module here registers its experiments
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,10 @@ from core.errors import MMXError
 class Experiment:
     name: str
     description: str
-    run: Callable[..., list[Path]]  # run(out_dir=, device=, data_dir=, progress=) -> written files
+    # run(out_dir=, device=, data_dir=, progress=, task=) -> written files; ``task`` defaults to the
+    # experiment's own (the name's prefix) and may name another task with the same modalities, such
+    # as the synthetic ``demo`` for the cells experiments
+    run: Callable[..., list[Path]]
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -41,9 +45,13 @@ def get_experiment(name: str) -> Experiment:
     return _REGISTRY[name]
 
 
-def command(name: str) -> str:
-    """The command line that reproduces experiment ``name`` (written into its results)."""
-    return f"python train.py --experiment {name}"
+def command(name: str, task: str | None = None) -> str:
+    """The command line that reproduces experiment ``name`` (written into its results), run on
+    ``task`` when that is not the experiment's own (e.g. the synthetic ``demo``)."""
+    own = name.split("/")[0]
+    threads = os.environ.get("OMP_NUM_THREADS")  # it can change the last bits of CPU arithmetic
+    return ((f"OMP_NUM_THREADS={threads} " if threads else "") + f"python train.py --experiment {name}"
+            + (f" --task {task}" if task and task != own else ""))
 
 
 def _import_all() -> None:

@@ -16,7 +16,6 @@ validation rows; the early-fusion rows do no selection.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import torch
 
 from core import metrics
 from core.data.tasks import get_task
-from core.experiments import command, register_experiment
+from core.experiments import command, findings, register_experiment
+from core.experiments.findings import CI_NOTE, Table, mean_std
 from core.experiments.mmdynamics import CELLS_TRAIN, DERM_IMAGE_SIZE, DERM_TRAIN, SEED_STATIC_WEIGHTS
 from core.experiments.runner import Row, run_rows, run_table, write_table
 from core.models.mmdynamics import reference_training
@@ -47,45 +47,37 @@ def reproduction_rows(modalities: tuple[str, ...], mcat_modalities: tuple[str, s
     ]
 
 
-def strongest(summaries: dict[str, dict], runs: dict[str, list[float]] | None = None,
-              columns: tuple[str, ...] = metrics.SIX) -> str:
-    """Says, from the means, which row leads each column and whether LR is the strongest; with
-    ``runs`` (label -> weighted F1 per run, the same splits in the same order) also how often the
-    leader beats LR run by run, which the fold-dominated standard deviations hide."""
-    leaders = {c: max(summaries, key=lambda r: summaries[r][c][0]) for c in columns}
-    wins = {r: sum(leaders[c] == r for c in columns) for r in summaries}
+def strongest(table: Table, columns: tuple[str, ...] = metrics.SIX) -> str:
+    """Says which row leads each column (by mean), whether LR is the strongest, and whether the
+    leader's F1 difference from LR and the best deep row's from the best early-fusion row are
+    called by the paired bootstrap (runs, then test cases)."""
+    s = {label: r.summary for label, r in table.items()}
+    leaders = {c: max(s, key=lambda r: s[r][c][0]) for c in columns}
+    wins = {r: sum(leaders[c] == r for c in columns) for r in s}
     top = max(wins, key=wins.get)
-    lr = next(r for r in summaries if r.startswith("LR"))
+    lr = next(r for r in s if r.startswith("LR"))
     key = "f1_weighted"
-    lr_m, lr_s = summaries[lr][key]
     best = leaders[key]
-    b_m, b_s = summaries[best][key]
     lead = ", ".join(f"{metrics.LABELS[c]}: {leaders[c]}" for c in columns)
     if top == lr:
-        verdict = (f"LR is again the strongest: it has the best mean in {wins[lr]} of {len(columns)} columns "
-                   f"(F1 weighted {metrics.fmt(lr_m, lr_s)}).")
+        verdict = (f"LR has the best mean in {wins[lr]} of {len(columns)} columns "
+                   f"(F1 weighted {mean_std(table, lr, key)}).")
     else:
-        verdict = (f"LR is not the strongest here: {top} has the best mean in {wins[top]} of {len(columns)} "
-                   f"columns, LR in {wins[lr]} (F1 weighted: LR {metrics.fmt(lr_m, lr_s)}, "
-                   f"{best} {metrics.fmt(b_m, b_s)}).")
-    gap = abs(b_m - lr_m)
+        verdict = (f"LR is not the leader by means here: {top} has the best mean in {wins[top]} of {len(columns)} "
+                   f"columns, LR in {wins[lr]} (F1 weighted: LR {mean_std(table, lr, key)}, "
+                   f"{best} {mean_std(table, best, key)}).")
     if best != lr:
-        if gap > max(lr_s, b_s):
-            verdict += " The F1 gap between them is larger than the run-to-run standard deviation of either."
-        else:
-            verdict += (f" The F1 gap between them ({100 * gap:.1f} points) is within the larger run-to-run standard "
-                        f"deviation ({100 * max(lr_s, b_s):.1f}).")
-        if runs is not None:
-            ahead = sum(b > a for a, b in zip(runs[lr], runs[best]))
-            verdict += f" Split by split, {best} has the higher F1 in {ahead} of {len(runs[lr])} runs."
-    deep = [r for r in summaries if r.split(" (")[0] in ("HEALNet", "MCAT", "MM static", "MM dynamics")]
-    early = [r for r in summaries if r.endswith("(early)")]
-    best_deep = max(deep, key=lambda r: summaries[r][key][0])
-    best_early = max(early, key=lambda r: summaries[r][key][0])
-    relation = "above" if summaries[best_deep][key][0] > summaries[best_early][key][0] else "at or below"
+        d = findings.difference(table, best, lr, key)
+        verdict += (f" F1 weighted of {best} minus LR: {d.text()}; "
+                    + ("called." if d.called else "not called, so LR is not shown to be weaker."))
+    deep = [r for r in s if r.split(" (")[0] in ("HEALNet", "MCAT", "MM static", "MM dynamics")]
+    early = [r for r in s if r.endswith("(early)")]
+    best_deep = max(deep, key=lambda r: s[r][key][0])
+    best_early = max(early, key=lambda r: s[r][key][0])
+    d = findings.difference(table, best_deep, best_early, key)
     return (f"{verdict}\n\nBest mean per column: {lead}.\n\nThe best deep model by F1 weighted, {best_deep} "
-            f"({metrics.fmt(*summaries[best_deep][key])}), is {relation} the best early-fusion baseline, "
-            f"{best_early} ({metrics.fmt(*summaries[best_early][key])}).")
+            f"({mean_std(table, best_deep, key)}), against the best early-fusion baseline, {best_early} "
+            f"({mean_std(table, best_early, key)}): {d.text()}, **{findings.verdict(d, best_deep, best_early)}**.")
 
 
 _REF = reference_training()
@@ -106,42 +98,35 @@ ROSMAP_PROTOCOL = (
     "methylation; miRNA is not used.")
 
 
-def _baseline_table(task: str, name: str, title: str, rows: list[Row], protocol: str, out_dir, device, data_dir,
-                    progress) -> list[Path]:
+def _baseline_table(experiment: str, task: str, title: str, rows: list[Row], protocol: str, out_dir, device,
+                    data_dir, progress) -> list[Path]:
     td = get_task(task, data_dir)
     t0 = time.perf_counter()
     results = run_rows(td, rows, device=device, progress=progress)
     seconds = time.perf_counter() - t0
-    summaries = {r.row.label: r.summary for r in results}
-    per_run = {r.row.label: [run["metrics"]["f1_weighted"] for run in r.runs] for r in results}
-    text = protocol + "\n\n" + strongest(summaries, per_run)
-    path = write_table(out_dir, td, name, title, results, seconds=seconds, device=device, findings=text,
-                       command=_command(f"{task}/{name}"))
+    text = protocol + " " + CI_NOTE + "\n\n" + strongest({r.row.label: r for r in results})
+    path = write_table(out_dir, td, experiment.split("/")[1], title, results, seconds=seconds, device=device,
+                       findings=text, command=command(experiment, task))
     return [path, path.with_suffix(".json")]
-
-
-def _command(name: str) -> str:
-    """The command line, with the thread setting when one was given (it can change the last
-    bits of CPU arithmetic, and so the deep rows)."""
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return (f"OMP_NUM_THREADS={threads} " if threads else "") + command(name)
 
 
 @register_experiment("cells/reproduction_rp",
                      "seed study's reproduction table on RNA + protein: 5 early-fusion baselines, HEALNet, MCAT, "
                      "MM static, MM dynamics; leave-one-donor-out x 3 seeds")
-def cells_reproduction(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+def cells_reproduction(out_dir="results", device="auto", data_dir=None, progress=False,
+                       task="cells") -> list[Path]:
     rows = reproduction_rows(("rna", "protein"), ("rna", "protein"), mm_train=CELLS_TRAIN)
-    return _baseline_table("cells", "reproduction_rp", "Reproduction of MM dynamics on cells (RNA + protein)", rows,
+    return _baseline_table("cells/reproduction_rp", task, "Reproduction of MM dynamics on cells (RNA + protein)", rows,
                            CELLS_PROTOCOL, out_dir, device, data_dir, progress)
 
 
 @register_experiment("rosmap/baselines",
                      "the reproduction table's methods on ROSMAP (MOGONET split x 5 seeds); MCAT on mRNA + methylation")
-def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=False,
+                     task="rosmap") -> list[Path]:
     rows = reproduction_rows(("mRNA", "methylation", "miRNA"), ("mRNA", "methylation"),
                              "MCAT (late; mRNA + methylation)")
-    return _baseline_table("rosmap", "baselines", "Baselines on ROSMAP (AD vs normal)", rows, ROSMAP_PROTOCOL,
+    return _baseline_table("rosmap/baselines", task, "Baselines on ROSMAP (AD vs normal)", rows, ROSMAP_PROTOCOL,
                            out_dir, device, data_dir, progress)
 
 
@@ -154,35 +139,32 @@ DERM_ROWS = [
 ]
 
 
-def derm_findings(summaries: dict[str, dict], majority: tuple[str, float]) -> str:
+def derm_findings(table: Table, majority: tuple[str, float]) -> str:
     """``majority``: the most common test class and its share (what always guessing it scores)."""
     clinic, derm = (r.label for r in DERM_ROWS)
     lines = [f"Diagnosis (5 classes), images at {DERM_IMAGE_SIZE} px, the recipe of `derm7pt/image_dynamics` "
              f"(Adam lr {DERM_TRAIN['lr']}, batch {DERM_TRAIN['batch_size']}, up to {DERM_TRAIN['epochs']} epochs, "
-             f"patience {DERM_TRAIN['patience']}, random flips while training)."]
+             f"patience {DERM_TRAIN['patience']}, random flips while training). {CI_NOTE}"]
     for key in ("balanced_accuracy", "f1_weighted"):
-        (mc, sc), (md, sd) = summaries[clinic][key], summaries[derm][key]
-        better, worse = (derm, clinic) if md >= mc else (clinic, derm)
-        clear = "larger than" if abs(md - mc) > max(sc, sd) else "within"
-        lines.append(f"- {metrics.LABELS[key]}: {better} {metrics.fmt(*summaries[better][key])} vs {worse} "
-                     f"{metrics.fmt(*summaries[worse][key])}; the gap is {clear} the run-to-run standard deviation.")
+        lines.append(findings.compare(table, derm, clinic, "Dermoscopic against clinical", key))
     name, share = majority
-    below = [r for r in (clinic, derm) if summaries[r]["accuracy"][0] < share]
+    below = [r for r in (clinic, derm) if table[r].summary["accuracy"][0] < share]
     if below:
-        lines.append(f"- Accuracy of {' and '.join(below)} is below the {100 * share:.1f}% that always answering "
+        lines.append(f"- Mean accuracy of {' and '.join(below)} is below the {100 * share:.1f}% that always answering "
                      f"{name} scores: the class-weighted loss and the selection on balanced accuracy trade the "
                      "common class for the rare ones.")
     return "\n".join(lines)
 
 
 @register_experiment("derm7pt/image_only", "derm7pt: image-only CNN on the clinical photo and on the dermoscopic image")
-def derm_image_only(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
-    td = get_task("derm7pt", data_dir, image_size=DERM_IMAGE_SIZE)
+def derm_image_only(out_dir="results", device="auto", data_dir=None, progress=False,
+                    task="derm7pt") -> list[Path]:
+    td = get_task(task, data_dir, image_size=DERM_IMAGE_SIZE)
     y = td.dataset.y[torch.as_tensor(td.splits["official"][0].test)]
     counts = torch.bincount(y, minlength=td.dataset.n_classes)
     majority = (td.dataset.classes[int(counts.argmax())], float(counts.max() / counts.sum()))
-    _, path = run_table("image_only", "Image-only CNN on derm7pt (diagnosis, official split x 3 seeds)", "derm7pt",
+    _, path = run_table("image_only", "Image-only CNN on derm7pt (diagnosis, official split x 3 seeds)", task,
                         DERM_ROWS, task_options={"image_size": DERM_IMAGE_SIZE}, device=device, out_dir=out_dir,
-                        data_dir=data_dir, findings=lambda summaries: derm_findings(summaries, majority),
-                        progress=progress, command=_command("derm7pt/image_only"))
+                        data_dir=data_dir, findings=lambda table: derm_findings(table, majority),
+                        progress=progress, command=command("derm7pt/image_only", task))
     return [path, path.with_suffix(".json")]

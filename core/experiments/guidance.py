@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import metrics
+from core import metrics, stats
 from core.data.tasks import get_task
 from core.data.tasks.derm7pt import seven_point_score
 from core.experiments import command, register_experiment
-from core.experiments.runner import duration
+from core.experiments.findings import CI_NOTE
+from core.experiments.runner import SYNTHETIC_BANNER, duration, predictions
 from core.explain.guidance import class_deltas
 from core.models import get_method
 from core.train.device import resolve_device
@@ -47,6 +48,13 @@ def row_probabilities(method, data, test: np.ndarray) -> dict[str, np.ndarray]:
     return {r: out[r] for r in ROWS}
 
 
+def row_predictions(y: np.ndarray, probs: dict[str, np.ndarray]) -> dict:
+    """Each row's test predictions, kept so that rows can be compared case by case."""
+    per_row = {r: predictions(y, p) for r, p in probs.items()}
+    return {"y": np.asarray(y).tolist(), "pred": {r: v["pred"] for r, v in per_row.items()},
+            "proba": {r: v["proba"] for r, v in per_row.items()}}
+
+
 def _one_hot(pred: np.ndarray, n: int) -> np.ndarray:
     return np.eye(n)[pred]
 
@@ -61,14 +69,20 @@ def _delta(runs, column, metric) -> float:
     return float(100 * (np.mean(_values(runs, column, "G(I)+I", metric)) - base) / base) if base else float("nan")
 
 
+def _ci(d: stats.Interval) -> str:
+    return f"{100 * d.low:+.1f} to {100 * d.high:+.1f}" + (" *" if d.called else "")
+
+
 def rows_table(runs: list[dict], columns: list[tuple[str, str, str]], mcnemar: bool = True) -> str:
     """The paper's layout: one line per row and one column per (task, metric, header), then Δ%
-    and (``mcnemar``) the McNemar p-values of the column's runs."""
+    with its paired bootstrap interval (``*``: excludes 0) and (``mcnemar``) the McNemar p-values
+    of the column's runs."""
     lines = ["| Model | " + " | ".join(h for _, _, h in columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     for row in ROWS:
-        cells = [metrics.fmt(np.mean(v), np.std(v)) for v in (_values(runs, c, row, m) for c, m, _ in columns)]
+        cells = [metrics.fmt(*metrics.mean_std(_values(runs, c, row, m))) for c, m, _ in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("| Δ% G(I)+I over I | " + " | ".join(f"{_delta(runs, c, m):+.1f}%" for c, m, _ in columns) + " |")
+    lines.append("| 95% CI of Δ% | " + " | ".join(_ci(guided_change(runs, c, m)) for c, m, _ in columns) + " |")
     if mcnemar:  # once per task (the test does not depend on the metric)
         ps = [" / ".join(f"{r['mcnemar_p']:.2g}" for r in runs if r["column"] == c)
               if c not in [k for k, _, _ in columns[:i]] else "" for i, (c, _, _) in enumerate(columns)]
@@ -76,54 +90,81 @@ def rows_table(runs: list[dict], columns: list[tuple[str, str, str]], mcnemar: b
     return "\n".join(lines)
 
 
-def findings(runs: list[dict], columns: list[tuple[str, str]]) -> str:
-    """What the numbers show, in words (balanced accuracy): where the guided G(I)+I beats the
-    unguided I and whether by more than the run-to-run spread, how McNemar's tests come out, and
-    how S and G(I) compare with I."""
-    ba = "balanced_accuracy"
-    mean = lambda c, row: float(np.mean(_values(runs, c, row, ba)))  # noqa: E731
-    std = lambda c, row: float(np.std(_values(runs, c, row, ba)))  # noqa: E731
+def row_runs(runs: list[dict], column: str, row: str) -> list[dict]:
+    """One paper row's runs of one column in the form :mod:`core.stats` resamples."""
+    out = []
+    for r in runs:
+        if r["column"] == column:
+            out.append({"y": r["y"], "pred": r["pred"][row],
+                        **({"score": r["score"][row]} if "score" in r else {"proba": r["proba"][row]})})
+    return out
 
-    def change(c: str, h: str) -> str:
-        clear = abs(mean(c, "G(I)+I") - mean(c, "I")) > max(std(c, "G(I)+I"), std(c, "I"))
-        return f"{h} {_delta(runs, c, ba):+.1f}%" + ("" if clear else " (within the run-to-run std)")
+
+def _diff(runs: list[dict], column: str, a: str, b: str, metric: str = "balanced_accuracy") -> stats.Interval:
+    return stats.difference(row_runs(runs, column, a), row_runs(runs, column, b), metric)
+
+
+def guided_change(runs: list[dict], column: str, metric: str = "balanced_accuracy") -> stats.Interval:
+    """Relative change of G(I)+I over I (a fraction), with its paired bootstrap interval."""
+    return stats.relative_change(row_runs(runs, column, "G(I)+I"), row_runs(runs, column, "I"), metric)
+
+
+def findings(runs: list[dict], columns: list[tuple[str, str]]) -> str:
+    """What the numbers show, in words (balanced accuracy): for each column the relative change
+    of the guided G(I)+I over the unguided I with its interval, where it is called, how McNemar's
+    tests come out, and how S, G(I) and S+I compare (differences called by their intervals)."""
+    change = {c: guided_change(runs, c) for c, _ in columns}
 
     def listing(label: str, items: list[str]) -> str:
         return f"{label} {', '.join(items)}" if items else ""
 
-    d = {c: _delta(runs, c, ba) for c, _ in columns}
-    parts = [listing("higher in", [change(c, h) for c, h in columns if d[c] >= 0.05]),  # +0.0% counts as unchanged
-             listing("lower in", [change(c, h) for c, h in columns if d[c] <= -0.05]),
-             listing("unchanged in", [h for c, h in columns if abs(d[c]) < 0.05])]
+    up = [f"{h} {change[c].text(unit='%')}" for c, h in columns if change[c].called and change[c].estimate > 0]
+    down = [f"{h} {change[c].text(unit='%')}" for c, h in columns if change[c].called and change[c].estimate < 0]
+    undecided = [f"{h} {change[c].text(unit='%')}" for c, h in columns if not change[c].called]
     tests = [r["mcnemar_p"] for r in runs]
     sig = [r for r in runs if r["mcnemar_p"] < 0.05]
     better = sum(r["metrics"]["G(I)+I"]["accuracy"] > r["metrics"]["I"]["accuracy"] for r in sig)
-    s_better = [(c, h) for c, h in columns if mean(c, "S") > mean(c, "I")]
-    closed = [h for c, h in s_better if mean(c, "G(I)+I") > mean(c, "I")]
-    g_better = [h for c, h in columns if mean(c, "G(I)") > mean(c, "I")]
-    joint_below = [h for c, h in columns if mean(c, "S+I") < mean(c, "S")]
+
+    def called(a: str, b: str, sign: int) -> list[str]:
+        out = []
+        for c, h in columns:
+            d = _diff(runs, c, a, b)
+            if d.called and np.sign(d.estimate) == sign:
+                out.append(f"{h} ({d.text()})")
+        return out
+
+    s_better = called("S", "I", 1)
+    g_better = called("G(I)", "I", 1)
+    joint_below = called("S+I", "S", -1)
     return "\n".join([
-        "- Balanced accuracy of the guided G(I)+I against the unguided I: " + "; ".join(p for p in parts if p) + ".",
+        "- Balanced accuracy of the guided G(I)+I relative to the unguided I (relative change with its paired "
+        f"bootstrap interval; {CI_NOTE[CI_NOTE.index('an effect'):]}): "
+        + "; ".join(p for p in (listing("called higher in", up), listing("called lower in", down),
+                                listing("no change called in", undecided)) if p) + ".",
         f"- McNemar's exact test of G(I)+I against I on each run's test set: p < 0.05 in {len(sig)} of {len(tests)} "
-        f"tests ({better} with G(I)+I the more accurate, {len(sig) - better} with I); median p = {np.median(tests):.2g}.",
-        f"- The superior modality alone (S) beats I in {len(s_better)} of {len(columns)} "
-        + ("column" if len(columns) == 1 else "columns")
-        + (f"; G(I)+I recovers part of that gap in {', '.join(closed) or 'none of them'}" if s_better else "") + ".",
-        f"- G(I) alone (C_S's head on the mapped latent) beats I in {', '.join(g_better) or 'no column'}.",
-        f"- The S+I decoder (both modalities, on the frozen z_S and z_I) is below S alone in "
+        f"tests ({better} with G(I)+I the more accurate, {len(sig) - better} with I); "
+        f"median p = {np.median(tests):.2g}.",
+        f"- The superior modality alone (S) is called above I in {len(s_better)} of {len(columns)} "
+        + ("column" if len(columns) == 1 else "columns") + (f": {', '.join(s_better)}" if s_better else "") + ".",
+        f"- G(I) alone (C_S's head on the mapped latent) is called above I in {', '.join(g_better) or 'no column'}.",
+        f"- The S+I decoder (both modalities, on the frozen z_S and z_I) is called below S alone in "
         f"{', '.join(joint_below) or 'no column'}.",
     ])
 
 
 def _header(title: str, name: str, ds, device: str, seconds: float) -> dict:
-    return {"title": title, "task": ds.name, "synthetic": ds.synthetic, "command": command(name),
+    return {"title": title, "task": ds.name, "synthetic": ds.synthetic, "command": command(name, ds.name),
             "data_hash": ds.data_hash(), "device": str(resolve_device(device)), "host": platform.node(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "wall_seconds": round(seconds, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _write(out_dir, name: str, payload: dict, md: list[str]) -> list[Path]:
-    base = Path(out_dir) / name
+    """``<out_dir>/<task>/<table>.json`` and ``.md`` (the task the table was run on: a banner says
+    when that is the synthetic demo)."""
+    base = Path(out_dir) / payload["task"] / name.split("/")[1]
+    if payload["synthetic"]:
+        md = md[:2] + [SYNTHETIC_BANNER, ""] + md[2:]
     write_json(base.with_suffix(".json"), payload)
     atomic_write_text(base.with_suffix(".md"), "\n".join(md) + "\n")
     return [base.with_suffix(".md"), base.with_suffix(".json")]
@@ -165,17 +206,19 @@ def _melanoma_runs(split, y_mel, probs: dict[str, dict[str, np.ndarray]]) -> lis
                    "auroc": metrics.auroc(y_mel, np.column_stack([-scores[row], scores[row]]).astype(float))}
              for row in ROWS}
         runs.append({"column": f"melanoma>={thr}", "split": split.name, "seed": split.seed, "metrics": m,
-                     "n_test": len(y_mel), "mcnemar_p": metrics.mcnemar(y_mel, pred["I"], pred["G(I)+I"])})
+                     "n_test": len(y_mel), "mcnemar_p": metrics.mcnemar(y_mel, pred["I"], pred["G(I)+I"]),
+                     "y": np.asarray(y_mel).tolist(), "pred": {r: v.tolist() for r, v in pred.items()},
+                     "score": {r: v.astype(float).tolist() for r, v in scores.items()}})
     return runs
 
 
 @register_experiment("derm7pt/guidance", "deep multimodal guidance: clinical photo guided by dermoscopy; "
                                          "diagnosis, 7 criteria, melanoma from the 7-point score")
 @torch_threads(THREADS)
-def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False, task="derm7pt") -> list[Path]:
     name = "derm7pt/guidance"
     t0 = time.perf_counter()
-    td = get_task("derm7pt", data_dir, image_size=DERM_IMAGE_SIZE)
+    td = get_task(task, data_dir, image_size=DERM_IMAGE_SIZE)
     ds = td.dataset
     has_clinic = ds.present["clinic"].numpy()
     runs, fits = [], []
@@ -191,7 +234,9 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False)
             y = data.y[torch.as_tensor(test)].numpy()
             runs.append({"column": target, "split": split.name, "seed": split.seed, "n_test": len(test),
                          "metrics": {r: metrics.compute(y, p) for r, p in probs[target].items()},
-                         "mcnemar_p": metrics.mcnemar(y, probs[target]["I"].argmax(1), probs[target]["G(I)+I"].argmax(1))})
+                         "mcnemar_p": metrics.mcnemar(y, probs[target]["I"].argmax(1),
+                                                      probs[target]["G(I)+I"].argmax(1)),
+                         **row_predictions(y, probs[target])})
             fits.append({"target": target, "seed": split.seed, "fit_seconds": round(model.fit_result.seconds, 1),
                          "stages": {s: {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
                                         "seconds": round(r.seconds, 1)} for s, r in model.stages.items()}})
@@ -211,15 +256,19 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False)
     for row in ROWS:
         v = [r["metrics"][row]["auroc"] for r in mel]
         mean_auroc[row] = np.mean(v)
-        auroc.append(f"| {row} | " + " | ".join(f"{100 * x:.1f}" for x in v) + f" | {metrics.fmt(np.mean(v), np.std(v))} |")
+        auroc.append(f"| {row} | " + " | ".join(f"{100 * x:.1f}" for x in v)
+                     + f" | {metrics.fmt(*metrics.mean_std(v))} |")
+    d_auc = _diff(mel, "melanoma>=1", "G(I)+I", "I", "auroc")
     auroc += ["", f"Melanoma AUROC of the guided G(I)+I is {100 * mean_auroc['G(I)+I']:.1f} against "
                   f"{100 * mean_auroc['I']:.1f} for the unguided I (S: {100 * mean_auroc['S']:.1f}, "
-                  f"S+I: {100 * mean_auroc['S+I']:.1f})."]
+                  f"S+I: {100 * mean_auroc['S+I']:.1f}); G(I)+I minus I: {d_auc.text()}, "
+                  f"**{'called' if d_auc.called else 'not called'}**."]
     md = [
         f"# {payload['title']}", "",
         f"Produced by: `{payload['command']}`", "",
         "Rows (Mallya & Hamarneh, MICCAI 2022): " + "; ".join(f"**{r}** = {ROW_NOTES[r]}" for r in ROWS) + ".",
-        f"Mean ± std over the 3 seeds of the official split, percent; test set = the {n_test} of {n_all} official "
+        f"Mean ± std over the 3 seeds of the official split, percent ({metrics.STD_NOTE}); test set = the {n_test} "
+        f"of {n_all} official "
         f"test cases that have a clinical photo (the other {n_all - n_test} cannot be predicted from the inferior "
         "modality alone; DeepGuide's label files also leave out pairs without a clinical photo).", "",
         "## Balanced accuracy", "", rows_table(runs, [(c, "balanced_accuracy", h) for c, h in columns]), "",
@@ -258,22 +307,26 @@ CELL_SETTINGS = {
                            dict(inferior="image", superior=("rna", "protein"), train=TrainConfig(
                                epochs=60, batch_size=32, lr=1e-3, patience=15, augment=True))),
 }
+# about 20 s a fit (RNA) to a minute (image): five seeds keep the table near five minutes
+CELL_SEEDS = (0, 1, 2, 3, 4)
 CELL_SCALING = "standard"  # omics standardised with training statistics (a little better than min-max here)
 
 
-@register_experiment("cells/guidance", "deep multimodal guidance: RNA guided by protein; cell image guided by RNA + protein")
+@register_experiment("cells/guidance",
+                     "deep multimodal guidance: RNA guided by protein; cell image guided by RNA + protein")
 @torch_threads(THREADS)
-def run_cells(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, task="cells") -> list[Path]:
     name = "cells/guidance"
     t0 = time.perf_counter()
-    td = get_task("cells", data_dir)
+    td = get_task(task, data_dir, seeds=CELL_SEEDS)
     ds = td.dataset
+    n_runs = len(td.splits[td.default_split])
     runs, per_class, configs = [], {}, {}
     for key, (title, cfg) in CELL_SETTINGS.items():
         cfg = {"latent_sizes": CELL_LATENTS, "scaling": CELL_SCALING, **cfg}
         configs[key] = _config_dict(cfg)
         tables = []
-        for split in td.splits["leave_one_donor_out"]:
+        for split in td.splits[td.default_split]:
             m = get_method("guidance", ds.specs, ds.classes, **cfg)
             m.fit(ds, split, seed=split.seed, device=device, progress=progress)
             probs = row_probabilities(m, ds, split.test)
@@ -281,6 +334,7 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False) -
             runs.append({"column": key, "split": split.name, "seed": split.seed, "n_test": len(split.test),
                          "metrics": {r: metrics.compute(y, p) for r, p in probs.items()},
                          "mcnemar_p": metrics.mcnemar(y, probs["I"].argmax(1), probs["G(I)+I"].argmax(1)),
+                         **row_predictions(y, probs),
                          "fit_seconds": round(m.fit_result.seconds, 1),
                          "stages": {s: r.best_epoch for s, r in m.stages.items()}})
             tables.append(class_deltas(m, ds, split.test))
@@ -293,7 +347,8 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False) -
                "per_class_recall": {k: v.to_dict(orient="records") for k, v in per_class.items()}}
     md = [f"# {payload['title']}", "", f"Produced by: `{payload['command']}`", "",
           "Rows (Mallya & Hamarneh, MICCAI 2022): " + "; ".join(f"**{r}** = {ROW_NOTES[r]}" for r in ROWS) + ".",
-          "Leave-one-donor-out (2 folds x seeds 0, 1, 2 = 6 runs), mean ± std, percent. The image is a "
+          f"Leave-one-donor-out (2 folds x seeds {', '.join(map(str, CELL_SEEDS))} = {n_runs} runs), mean ± std, "
+          f"percent ({metrics.STD_NOTE}). The image is a "
           "class-matched microscopy image, not the same cell as the RNA and protein. T, B and NK_ILC cells all "
           "get lymphocyte images, so a model that sees only the image (rows I, G(I), G(I)+I of the second table) "
           "cannot tell these three apart: its recall changes among them move guesses between classes the image "
@@ -302,9 +357,10 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False) -
         sub = [r for r in runs if r["column"] == key]
         md += [f"## {title}", "",
                rows_table(sub, [(key, "balanced_accuracy", "Balanced accuracy"), (key, "f1_micro", "F1 micro")]), "",
-               "Per-class recall, mean over the 6 runs (support = mean test cells per run):", "",
-               _class_table(per_class[key]), "",
-               "Findings:", "", findings(sub, [(key, title)]), _class_findings(per_class[key]), ""]
+               f"Per-class recall, mean over the {n_runs} runs (support = mean test cells per run; change = "
+               "G(I)+I minus I with its paired bootstrap interval, `*` where it excludes 0):", "",
+               _class_table(per_class[key], sub, key), "",
+               "Findings:", "", findings(sub, [(key, title)]), _class_findings(per_class[key], sub, key), ""]
     md += ["## Setup", "",
            f"- Encoders: omics `OmicsEncoder`, image `SmallCNN`; latent sizes {CELL_LATENTS} (the seed study's). "
            "G: 512 -> 256 -> 512 hidden, MSE, early-stopped on validation MSE; D_c and the S+I decoder: class-weighted "
@@ -314,20 +370,27 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False) -
     return _write(out_dir, name, payload, md)
 
 
-def _class_findings(t: pd.DataFrame) -> str:
-    """The classes whose mean recall guidance moves by a point or more, in words."""
-    up = t[t["delta_recall"] >= 0.01].sort_values("delta_recall", ascending=False)
-    down = t[t["delta_recall"] <= -0.01].sort_values("delta_recall")
-    say = lambda d: ", ".join(f"{r['class']} {100 * r['delta_recall']:+.1f}" for r in d.to_dict(orient="records"))  # noqa: E731
-    return (f"- Per class (mean recall, points): guidance raises {say(up) or 'no class'} and lowers "
-            f"{say(down) or 'no class'}; other classes move by less than a point.")
+def _class_changes(t: pd.DataFrame, runs: list[dict], column: str) -> dict[str, stats.Interval]:
+    """Per class: recall of G(I)+I minus I, paired over runs and test cells."""
+    return {c: _diff(runs, column, "G(I)+I", "I", f"recall_class_{k}") for k, c in enumerate(t["class"])}
 
 
-def _class_table(t) -> str:
-    lines = ["| Class | support | recall I | recall G(I)+I | change |", "| --- | --- | --- | --- | --- |"]
+def _class_findings(t: pd.DataFrame, runs: list[dict], column: str) -> str:
+    """The classes whose recall guidance moves with an interval that excludes 0, in words."""
+    d = _class_changes(t, runs, column)
+    ranked = sorted(d.items(), key=lambda kv: -kv[1].estimate)
+    up = [f"{c} {v.text()}" for c, v in ranked if v.called and v.estimate > 0]
+    down = [f"{c} {v.text()}" for c, v in ranked[::-1] if v.called and v.estimate < 0]
+    return (f"- Per class (recall): guidance is called to raise {', '.join(up) or 'no class'} and to lower "
+            f"{', '.join(down) or 'no class'}; no change is called for the other classes.")
+
+
+def _class_table(t: pd.DataFrame, runs: list[dict], column: str) -> str:
+    d = _class_changes(t, runs, column)
+    lines = ["| Class | support | recall I | recall G(I)+I | change | 95% CI |", "|" + " --- |" * 6]
     for r in t.to_dict(orient="records"):
         lines.append(f"| {r['class']} | {r['support']:.0f} | {100 * r['recall I']:.1f} | "
-                     f"{100 * r['recall G(I)+I']:.1f} | {100 * r['delta_recall']:+.1f} |")
+                     f"{100 * r['recall G(I)+I']:.1f} | {100 * r['delta_recall']:+.1f} | {_ci(d[r['class']])} |")
     return "\n".join(lines)
 
 

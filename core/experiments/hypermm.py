@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import metrics
+from core import metrics, stats
 from core.data.missing import missing_fractions, simulate_missing
 from core.data.tasks import TaskData, get_task
-from core.experiments import command, register_experiment
-from core.experiments.runner import Row, RowResult, duration, run_rows
+from core.experiments import command, findings, register_experiment
+from core.experiments.findings import CI_NOTE
+from core.experiments.runner import SYNTHETIC_BANNER, Row, RowResult, duration, run_rows
 from core.models import get_method
 from core.train.device import resolve_device
 from core.train.results import atomic_write_text, write_json
@@ -42,6 +43,7 @@ CPU_WORKERS, CPU_THREADS = 2, 1
 DERM_IMAGE_SIZE = 32
 CELLS_IMAGE_SIZE = 32
 # every deep model (HyperMM's step 1 included): early stopping on validation balanced accuracy
+RHO_EPOCHS = 100  # HyperMM's step 2 on the frozen phi
 TRAIN = {"epochs": 40, "patience": 10, "batch_size": 32, "lr": 1e-3, "monitor": "balanced_accuracy", "augment": True}
 
 
@@ -56,7 +58,7 @@ def rows_for(modalities: dict[str, str], target: str | None, skip: tuple[str, ..
     """The compared methods but those labelled in ``skip``; ``modalities`` maps modality name ->
     readable name."""
     deep = dict(TRAIN)
-    rho = {"epochs": 100, "patience": 10, **{k: TRAIN[k] for k in ("batch_size", "lr", "monitor")}}
+    rho = {"epochs": RHO_EPOCHS, "patience": 10, **{k: TRAIN[k] for k in ("batch_size", "lr", "monitor")}}
     rows = [Row(HYPERMM, "hypermm", config={**deep, "aggregation": "mean", "rho_train": rho}, target=target)]
     rows += [Row(f"Unimodal: {name}", "unimodal", config={"modality": m, "base_config": deep}, target=target)
              for m, name in modalities.items()]
@@ -115,34 +117,39 @@ def run_sections(task: str, data_dir: str | None, options: dict, sections: list[
 def table(results: list[RowResult]) -> str:
     """Metric columns (mean ± std, percent) plus the training time per fit."""
     lines = metrics.markdown_table({r.row.label: r.summary for r in results}, COLUMNS).splitlines()
-    times = [np.array([run["fit_seconds"] for run in r.runs]) for r in results]
+    times = [metrics.mean_std([run["fit_seconds"] for run in r.runs]) for r in results]
     return "\n".join([lines[0] + " Training time (s) |", lines[1] + " --- |"]
-                     + [f"{line} {t.mean():.1f} ± {t.std():.1f} |" for line, t in zip(lines[2:], times)])
+                     + [f"{line} {metrics.fmt(*t, percent=False, digits=-1)} |" for line, t in zip(lines[2:], times)])
+
+
+def rows_of(res: dict) -> dict[str, RowResult]:
+    """A scenario's rows by label."""
+    return {r.row.label: r for r in res["results"]}
 
 
 def score(res: dict, label: str, metric: str = "accuracy") -> tuple[float, float]:
     """Mean and std of ``metric`` for row ``label`` of a scenario result."""
-    return next(r.summary[metric] for r in res["results"] if r.row.label == label)
+    return rows_of(res)[label].summary[metric]
 
 
 def scenario_findings(res: dict) -> str:
-    """One sentence: where HyperMM ranks and how far it is from the best other row."""
+    """One sentence: where HyperMM ranks and its difference from the best other row."""
     parts = []
     for metric in ("accuracy", "auroc"):
         st = standing(res, metric)
-        parts.append(f"{metrics.LABELS[metric]}: HyperMM ranks {st['rank']}/{st['n']} with {100 * st['h']:.1f} ± "
-                     f"{100 * st['hs']:.1f}; the best other row is {st['best']} with {100 * st['b']:.1f} ± "
-                     f"{100 * st['bs']:.1f}")
+        parts.append(f"{metrics.LABELS[metric]}: HyperMM ranks {st['rank']}/{st['n']} with "
+                     f"{metrics.fmt(st['h'], st['hs'])}; the best other row is {st['best']} with "
+                     f"{metrics.fmt(st['b'], st['bs'])}; HyperMM minus it: {st['d'].text()}")
     return "; ".join(parts) + "."
 
 
-def write_report(out_dir: str | Path, td: TaskData, name: str, title: str, intro: str,
-                 sections: list[tuple[str, list[dict]]], findings: str, seconds: float, device: str,
+def write_report(out_dir: str | Path, td: TaskData, experiment: str, title: str, intro: str,
+                 sections: list[tuple[str, list[dict]]], text: str, seconds: float, device: str,
                  extra: dict) -> Path:
-    """``<out_dir>/<task>/<name>.json`` (every run's numbers) and ``.md`` (one table per scenario)."""
+    """``<out_dir>/<task>/<table>.json`` (every run's numbers) and ``.md`` (one table per scenario)."""
     ds = td.dataset
-    base = Path(out_dir) / ds.name / name
-    cmd = command(f"{ds.name}/{name}")
+    base = Path(out_dir) / ds.name / experiment.split("/")[1]
+    cmd = command(experiment, ds.name)
     dev = str(resolve_device(device))
     payload = {
         "title": title, "task": ds.name, "command": cmd, "data_hash": ds.data_hash(), "device": dev,
@@ -156,7 +163,7 @@ def write_report(out_dir: str | Path, td: TaskData, name: str, title: str, intro
     }
     write_json(base.with_suffix(".json"), payload)
     parallel = f"{CPU_WORKERS} worker processes x {CPU_THREADS} thread" if dev == "cpu" else "one process"
-    md = [f"# {title}", "", f"Produced by: `{cmd}`", "", intro, "",
+    md = [f"# {title}", "", f"Produced by: `{cmd}`", "", *([SYNTHETIC_BANNER, ""] if ds.synthetic else []), intro, "",
           f"Wall time {duration(seconds)} on `{dev}` ({parallel}), data hash `{ds.data_hash()[:16]}`. "
           f"Raw per-run numbers: `{base.name}.json`.", ""]
     for heading, results in sections:
@@ -165,10 +172,11 @@ def write_report(out_dir: str | Path, td: TaskData, name: str, title: str, intro
             fr = {m: np.mean([f[m] for f in r["missing"].values()]) for m in ds.specs}
             md += [f"### {r['scenario'].label}", "",
                    "Missing (mean over seeds): " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in fr.items())
-                   + f". Mean ± std over {len(r['results'][0].runs)} runs, percent; best per column in bold; "
+                   + f". Mean ± std over {len(r['results'][0].runs)} runs, percent ({metrics.STD_NOTE}); best mean "
+                   "per column in bold; "
                    "training time in seconds per fit.", "",
                    table(r["results"]), "", scenario_findings(r), ""]
-    md += ["## Findings", "", findings]
+    md += ["## Findings", "", text]
     atomic_write_text(base.with_suffix(".md"), "\n".join(md) + "\n")
     return base.with_suffix(".md")
 
@@ -199,11 +207,11 @@ DERM_SCENARIOS = [Scenario("Complete data (real missingness: 9 cases lack a clin
 
 @register_experiment("derm7pt/hypermm", "HyperMM vs imputation / dummy inputs on derm7pt: complete data, 50 % "
                                         "clinical or dermoscopic missing; diagnosis and melanoma vs rest")
-def derm7pt(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+def derm7pt(out_dir="results", device="auto", data_dir=None, progress=False, task="derm7pt") -> list[Path]:
     t0 = time.perf_counter()
     options = {"image_size": DERM_IMAGE_SIZE}
-    td = get_task("derm7pt", data_dir, **options)
-    sections = run_sections("derm7pt", data_dir, options, [
+    td = get_task(task, data_dir, **options)
+    sections = run_sections(task, data_dir, options, [
         ("Diagnosis (NEV, MEL, MISC, SK, BCC)", DERM_SCENARIOS, rows_for(DERM_NAMES, None, DERM_SKIP)),
         ("Melanoma vs rest", DERM_SCENARIOS, rows_for(DERM_NAMES, "melanoma", DERM_MELANOMA_SKIP)),
     ], device)
@@ -214,29 +222,31 @@ def derm7pt(out_dir="results", device="auto", data_dir=None, progress=False) -> 
              "(1002 of 1011); the dermoscopic image is kept for the 9 that have none. To stay within 20 minutes "
              f"on this 2-core CPU, derm7pt leaves out {', '.join(DERM_SKIP)} (both tasks) and "
              f"{', '.join(DERM_MELANOMA_SKIP[1:])} (melanoma); the cells experiment runs every row.")
-    path = write_report(out_dir, td, "hypermm", "HyperMM on derm7pt: learning with missing modalities", intro,
+    path = write_report(out_dir, td, "derm7pt/hypermm", "HyperMM on derm7pt: learning with missing modalities", intro,
                         sections, derm_findings(sections, seconds, majority), seconds, device,
                         {"image_size": DERM_IMAGE_SIZE, "train": TRAIN})
     return [path, path.with_suffix(".json")]
 
 
 def standing(res: dict, metric: str) -> dict:
-    """HyperMM's rank in a scenario, the best other row, and whether HyperMM is the best row or
-    within one of its standard deviations of it (what "holds" means in the findings)."""
+    """HyperMM's rank in a scenario, the best other row (by mean), HyperMM's paired difference from
+    it, and whether it holds its own: no other row is called better (what "holds" means below)."""
     labels = [x.row.label for x in res["results"]]
     order = sorted(labels, key=lambda lab: -score(res, lab, metric)[0])
     best = order[0] if order[0] != HYPERMM else order[1]
     (h, hs), (b, bs) = score(res, HYPERMM, metric), score(res, best, metric)
+    d = findings.difference(rows_of(res), HYPERMM, best, metric)
     return {"rank": order.index(HYPERMM) + 1, "n": len(labels), "best": best, "h": h, "hs": hs, "b": b, "bs": bs,
-            "holds": order[0] == HYPERMM or h >= b - hs}
+            "d": d, "holds": not (d.called and d.estimate < 0)}
 
 
 def verdict(holds: bool, where: str) -> str:
     if holds:
-        return (f"HyperMM's claimed robustness holds here: {where} it is the best row or within one standard "
-                "deviation of it, by accuracy and by AUROC.")
-    return (f"HyperMM's claimed robustness does not hold here: {where} another row leads it by more than one "
-            "standard deviation (of HyperMM's runs) by accuracy or by AUROC.")
+        return (f"HyperMM's claimed robustness holds here: {where} no row is called better than HyperMM (paired "
+                "bootstrap interval of the difference from the best other row includes 0 or favours HyperMM), by "
+                "accuracy and by AUROC.")
+    return (f"HyperMM's claimed robustness does not hold here: {where} another row is called better than HyperMM "
+            "(its paired bootstrap interval excludes 0) by accuracy or by AUROC.")
 
 
 def majority_rate(td: TaskData, target: str | None) -> tuple[str, float]:
@@ -262,7 +272,7 @@ def majority_note(results: list[dict], majority: tuple[str, float]) -> str:
 
 def derm_findings(sections: list[tuple[str, list[dict]]], seconds: float,
                   majority: dict[str, tuple[str, float]]) -> str:
-    out = []
+    out = [CI_NOTE]
     for heading, results in sections:
         parts, holds = [], True
         for r in results[1:]:  # the two scenarios with simulated missingness
@@ -270,17 +280,32 @@ def derm_findings(sections: list[tuple[str, list[dict]]], seconds: float,
             holds &= all(x["holds"] for x in st.values())
             parts.append(f"with {r['scenario'].label.lower()} HyperMM ranks {st['accuracy']['rank']}/"
                          f"{st['accuracy']['n']} by accuracy ({100 * st['accuracy']['h']:.1f} vs "
-                         f"{100 * st['accuracy']['b']:.1f} for {st['accuracy']['best']}) and "
-                         f"{st['auroc']['rank']}/{st['auroc']['n']} by AUROC ({100 * st['auroc']['h']:.1f} vs "
-                         f"{100 * st['auroc']['b']:.1f} for {st['auroc']['best']})")
-        change = [100 * (score(r, HYPERMM)[0] - score(results[0], HYPERMM)[0]) for r in results[1:]]
+                         f"{100 * st['accuracy']['b']:.1f} for {st['accuracy']['best']}; difference "
+                         f"{st['accuracy']['d'].text()}) and {st['auroc']['rank']}/{st['auroc']['n']} by AUROC "
+                         f"({100 * st['auroc']['h']:.1f} vs {100 * st['auroc']['b']:.1f} for {st['auroc']['best']}; "
+                         f"difference {st['auroc']['d'].text()})")
+        change = [missing_cost(results[0], r, [HYPERMM]) for r in results[1:]]
         text = "; ".join(parts)
         out.append(f"**{heading}.** {text[0].upper()}{text[1:]}. Against complete data, HyperMM's accuracy "
-                   f"changes by {change[0]:+.1f} (50 % clinical missing) and {change[1]:+.1f} points (50 % "
+                   f"changes by {change[0].text()} (50 % clinical missing) and {change[1].text()} (50 % "
                    "dermoscopic missing). " + verdict(holds, "with half of one modality missing") + " "
                    + majority_note(results, majority[heading]))
     out.append(f"Total wall time of this experiment: {duration(seconds)} (the limit is 20 min).")
     return "\n\n".join(out)
+
+
+def missing_cost(complete: dict, missing: dict, labels: list[str], minus: list[str] = (),
+                 metric: str = "accuracy") -> stats.Interval:
+    """Change of ``metric`` from the ``complete`` scenario to the ``missing`` one, averaged over the
+    rows ``labels``, minus the same for the rows ``minus`` (if any); paired: the scenarios share
+    splits and test cases, only the missingness differs."""
+    runs = {f"{k}@{lab}": rows_of(res)[lab].runs for k, res in (("c", complete), ("m", missing))
+            for lab in [*labels, *minus]}
+
+    def change(m, rows):
+        return np.mean([m[f"m@{lab}"] - m[f"c@{lab}"] for lab in rows], axis=0)
+
+    return stats.bootstrap(runs, metric, lambda m: change(m, labels) - (change(m, minus) if minus else 0))
 
 
 CELLS_NAMES = {"rna": "RNA", "protein": "protein", "image": "image"}
@@ -289,27 +314,28 @@ CELLS_RATES = (0.0, 0.25, 0.5, 0.75)
 
 @register_experiment("cells/hypermm", "HyperMM vs imputation / dummy inputs on cells: RNA, protein and image each "
                                       "0/25/50/75 % missing; robustness curve")
-def cells(out_dir="results", device="auto", data_dir=None, progress=False) -> list[Path]:
+def cells(out_dir="results", device="auto", data_dir=None, progress=False, task="cells") -> list[Path]:
     t0 = time.perf_counter()
     options = {"image_size": CELLS_IMAGE_SIZE}
-    td = get_task("cells", data_dir, **options)
+    td = get_task(task, data_dir, **options)
     scenarios = [Scenario(f"RNA, protein and image each {int(100 * r)} % missing", {m: r for m in CELLS_NAMES}, r)
                  for r in CELLS_RATES]
-    sections = run_sections("cells", data_dir, options,
+    sections = run_sections(task, data_dir, options,
                             [("Leave-one-donor-out, 6 lineages", scenarios, rows_for(CELLS_NAMES, None))], device)
     seconds = time.perf_counter() - t0
     results = sections[0][1]
     curves = {metrics.LABELS[m] + (" (one-vs-rest)" if m == "auroc" else ""): {
         x.row.label: [(r["scenario"].rate, *score(r, x.row.label, m)) for r in results]
         for x in results[0]["results"]} for m in ("accuracy", "auroc")}
-    fig = robustness_figure(curves, "cells: robustness to missing modalities (mean ± std, 2 donors x 3 seeds)",
+    fig = robustness_figure(curves, f"{task}: robustness to missing modalities (mean ± std over "
+                                    f"{len(results[0]['results'][0].runs)} runs)",
                             highlight=HYPERMM)
-    figures = save_figure(fig, Path(out_dir) / "cells" / "hypermm_robustness")
+    figures = save_figure(fig, Path(out_dir) / td.dataset.name / "hypermm_robustness")
     intro = (_setup(td, CELLS_IMAGE_SIZE) + " Each modality of each cell is dropped with the stated probability; a "
              "cell left with none keeps one of its modalities at random, so the realised missing fractions (listed "
              "per table) are below the nominal rate at 50 and 75 %. Robustness curve: `hypermm_robustness.html` "
              "and `.png`.")
-    path = write_report(out_dir, td, "hypermm", "HyperMM on cells: learning with missing modalities", intro,
+    path = write_report(out_dir, td, "cells/hypermm", "HyperMM on cells: learning with missing modalities", intro,
                         sections, cells_findings(results, seconds), seconds, device,
                         {"image_size": CELLS_IMAGE_SIZE, "train": TRAIN, "figures": [str(f) for f in figures]})
     return [path, path.with_suffix(".json"), *figures]
@@ -319,17 +345,19 @@ def cells_findings(results: list[dict], seconds: float) -> str:
     first, last = results[0], results[-1]
     labels = [x.row.label for x in first["results"]]
     filling = [lab for lab in labels if "filling" in lab or "imputation" in lab]
-    parts = []
+    parts = [CI_NOTE]
     for metric in ("accuracy", "auroc"):
         drop = {lab: 100 * (score(first, lab, metric)[0] - score(last, lab, metric)[0]) for lab in labels}
         st = standing(last, metric)
-        parts.append(f"{metrics.LABELS[metric]}: from 0 to 75 % nominal missingness HyperMM loses "
-                     f"{drop[HYPERMM]:.1f} points ({100 * score(first, HYPERMM, metric)[0]:.1f} -> "
-                     f"{100 * st['h']:.1f} ± {100 * st['hs']:.1f}); the imputation / dummy-input rows lose "
-                     f"{np.mean([drop[lab] for lab in filling]):.1f} on average "
-                     f"({min(drop[lab] for lab in filling):.1f} to {max(drop[lab] for lab in filling):.1f}). "
-                     f"At 75 % HyperMM ranks {st['rank']}/{st['n']}; "
-                     f"the best other row is {st['best']} with {100 * st['b']:.1f} ± {100 * st['bs']:.1f}.")
+        own = missing_cost(first, last, [HYPERMM], metric=metric)
+        rel = missing_cost(first, last, [HYPERMM], filling, metric)
+        parts.append(f"{metrics.LABELS[metric]}: from 0 to 75 % nominal missingness HyperMM changes by {own.text()} "
+                     f"({100 * score(first, HYPERMM, metric)[0]:.1f} -> {metrics.fmt(st['h'], st['hs'])}); the "
+                     f"imputation / dummy-input rows lose {np.mean([drop[lab] for lab in filling]):.1f} on average "
+                     f"({min(drop[lab] for lab in filling):.1f} to {max(drop[lab] for lab in filling):.1f}). HyperMM's "
+                     f"change minus theirs: {rel.text()}, **{'called' if rel.called else 'not called'}**. "
+                     f"At 75 % HyperMM ranks {st['rank']}/{st['n']}; the best other row is {st['best']} with "
+                     f"{metrics.fmt(st['b'], st['bs'])}; HyperMM minus it: {st['d'].text()}.")
     holds = all(standing(last, m)["holds"] for m in ("accuracy", "auroc"))
     return ("\n\n".join(parts) + "\n\n" + verdict(holds, "at the highest missing rate")
             + f"\n\nTotal wall time: {duration(seconds)}.")

@@ -50,6 +50,16 @@ class RowResult:
         return metrics.summarize([r["metrics"] for r in self.runs])
 
 
+SYNTHETIC_BANNER = "**SYNTHETIC DATA** (the `demo` task): these numbers say nothing about real cells."
+
+
+def predictions(y: np.ndarray, proba: np.ndarray) -> dict:
+    """What a run keeps of its test predictions so that rows can be compared case by case later
+    (:mod:`core.stats`): true and predicted labels and the class probabilities (4 decimals)."""
+    proba = np.asarray(proba, dtype=float)
+    return {"y": np.asarray(y).tolist(), "pred": proba.argmax(1).tolist(), "proba": np.round(proba, 4).tolist()}
+
+
 def _model_key(row: Row, split_name: str) -> str:
     return json.dumps([row.method, row.modalities, row.config, row.target, split_name], sort_keys=True, default=str)
 
@@ -80,7 +90,9 @@ def run_rows(task: TaskData, rows: list[Row], split: str | None = None, seeds: t
             y = data.y[torch.as_tensor(sp.test)].numpy()
             m = metrics.compute(y, pred.proba, with_auroc=True)
             runs.append({"split": sp.name, "seed": sp.seed, "metrics": m, "fit_seconds": fit.seconds,
-                         "best_epoch": fit.best_epoch, "n_test": int(len(sp.test))})
+                         "best_epoch": fit.best_epoch, "n_test": int(len(sp.test)),
+                         **({"chosen": method.chosen} if getattr(method, "chosen", None) else {}),
+                         **predictions(y, pred.proba)})
             log(f"  {row.label:<28} {sp.name:<28} acc {m['accuracy']:.3f}  bal.acc {m['balanced_accuracy']:.3f}  "
                 f"({fit.seconds:.1f} s)")
         results.append(RowResult(row, runs))
@@ -99,7 +111,8 @@ def write_table(out_dir: str | Path, task: TaskData, name: str, title: str, resu
         "title": title, "task": ds.name, "synthetic": ds.synthetic, "command": command,
         "data_hash": ds.data_hash(), "device": dev, "host": platform.node(), "torch": torch.__version__,
         "wall_seconds": round(seconds, 1), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "rows": [{"label": r.row.label, "row": dataclasses.asdict(r.row), "runs": r.runs,
+        "rows": [{"label": r.row.label, "row": dataclasses.asdict(r.row),
+                  "classes": list(ds.with_target(r.row.target).classes), "runs": r.runs,
                   "summary": {k: list(v) for k, v in r.summary.items()}} for r in results],
         **(extra or {}),
     }
@@ -110,10 +123,11 @@ def write_table(out_dir: str | Path, task: TaskData, name: str, title: str, resu
     n_runs = len(results[0].runs) if results else 0
     md = [f"# {title}", ""]
     if ds.synthetic:
-        md += ["**SYNTHETIC DATA** (the `demo` task): these numbers say nothing about real cells.", ""]
+        md += [SYNTHETIC_BANNER, ""]
     md += [
         f"Produced by: `{command}`", "",
-        f"Mean ± std over {n_runs} runs (folds x seeds), percent. Best per column in bold.", "",
+        f"Mean ± std over {n_runs} runs (folds x seeds), percent; {metrics.STD_NOTE}. Best mean per column "
+        "in bold.", "",
         table, "",
         f"Data hash `{ds.data_hash()[:16]}`, device `{dev}`, wall time {duration(seconds)}. "
         f"Raw per-run numbers: `{base.name}.json`.",
@@ -127,25 +141,20 @@ def write_table(out_dir: str | Path, task: TaskData, name: str, title: str, resu
 def run_table(name: str, title: str, task: str, rows: list[Row], split: str | None = None,
               seeds: tuple[int, ...] | None = None, task_options: dict | None = None, device: str = "auto",
               out_dir: str | Path = "results", data_dir: str | None = None,
-              findings: Callable[[dict[str, dict]], str] | None = None, columns: tuple[str, ...] = metrics.SIX,
+              findings: Callable[[dict[str, RowResult]], str] | None = None, columns: tuple[str, ...] = metrics.SIX,
               progress: bool = False, command: str | None = None) -> tuple[list[RowResult], Path]:
-    """Run ``rows`` on ``task`` and write the table; ``findings(summaries)`` writes the prose."""
+    """Run ``rows`` on ``task`` and write the table; ``findings(label -> RowResult)`` writes the prose."""
     td = get_task(task, data_dir, **(task_options or {}))
     t0 = time.perf_counter()
     results = run_rows(td, rows, split, seeds, device, progress)
     seconds = time.perf_counter() - t0
-    text = findings({r.row.label: r.summary for r in results}) if findings else ""
+    text = findings({r.row.label: r for r in results}) if findings else ""
     path = write_table(out_dir, td, name, title, results, columns, seconds, device, text, command)
     return results, path
 
 
 def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def mean(summary: dict, label: str, metric: str = "balanced_accuracy") -> float:
-    """Mean of ``metric`` for row ``label`` (for findings text)."""
-    return float(summary[label][metric][0])
 
 
 def pct(x: float) -> str:

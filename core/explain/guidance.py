@@ -1,7 +1,7 @@
 """What guidance changes: unguided (I) versus guided (G(I)+I) predictions of a fitted
 ``guidance`` model, per sample and per class, and where G puts the inferior latents.
 
-Everything here works on a fitted :class:`~core.models.guidance.GuidanceMethod`. The sample
+Everything here works on a fitted (or loaded) :class:`~core.models.guidance.GuidanceMethod`. The sample
 and class comparisons read only the inferior modality; :func:`latent_map` also reads the
 superior one (to show z_S and the mapping error), which is analysis, not inference.
 """
@@ -21,7 +21,7 @@ UNGUIDED, GUIDED = "I", "G(I)+I"
 def _check(method) -> None:
     from core.models.guidance import GuidanceMethod
 
-    if not isinstance(method, GuidanceMethod) or method.fit_result is None:
+    if not isinstance(method, GuidanceMethod) or not method.is_fitted:  # fitted or loaded from a checkpoint
         raise MMXError(f"guidance comparisons need a fitted 'guidance' model, not {getattr(method, 'name', method)!r}")
 
 

@@ -60,7 +60,7 @@ def explain(method: Method, data: MultimodalDataset, idx: np.ndarray | None = No
             mask: dict[str, str | MaskSpec] | None = None) -> Informativeness:
     """Run the fitted ``method`` on samples ``idx`` of ``data`` (optionally with modalities
     masked) and collect everything its forward pass says about why."""
-    if method.fit_result is None and getattr(method, "card", None) is None:  # neither fitted nor loaded
+    if not method.is_fitted:  # neither fitted nor loaded from a checkpoint
         raise MMXError(f"method {method.name!r} is not fitted; fit it or load a checkpoint first")
     data = method.check_data(data)
     idx = np.arange(len(data)) if idx is None else np.asarray(idx)

@@ -78,6 +78,24 @@ class Method(ABC):
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def is_fitted(self) -> bool:
+        """True after :meth:`fit` and after :func:`core.checkpoint.load_checkpoint` (which restores
+        ``fit_result`` from the card): every prediction and explanation call may then be made."""
+        return self.fit_result is not None
+
+    # ------------------------------------------------------------ checkpoint hooks
+    # A checkpoint holds ``module().state_dict()`` (tensors) and a JSON card. A method whose fitted
+    # state has more than its module's tensors keeps the tensors in ``module()`` and the rest in
+    # :meth:`card_state`; :meth:`restore_card_state` puts it back (and builds any module whose
+    # shape only a fit decides) before the weights are loaded, strictly, into ``module()``.
+    def card_state(self) -> dict:
+        """JSON-serialisable state of a fitted model that is not in ``module()`` (none by default)."""
+        return {}
+
+    def restore_card_state(self, state: dict) -> None:
+        """Restore what :meth:`card_state` wrote, on a freshly built model, before its weights load."""
+
     # ------------------------------------------------------------ public API
     def fit(self, data: MultimodalDataset, split: Split, *, seed: int = 0, device: str = "auto",
             progress: bool = False, callback: Callable[[int, int, dict], None] | None = None) -> loop.FitResult:
@@ -101,8 +119,9 @@ class Method(ABC):
         out = self._predict_outputs(data, idx, masks)
         return Prediction(torch.softmax(out.logits.float(), 1).numpy(), out)
 
-    def check_data(self, data: MultimodalDataset) -> MultimodalDataset:
-        """Select this method's modalities from ``data`` and check features, shapes and classes."""
+    def check_data(self, data: MultimodalDataset, *, classes: bool = True) -> MultimodalDataset:
+        """Select this method's modalities from ``data`` and check features, shapes and (unless
+        ``classes`` is False) classes."""
         missing = [m for m in self.specs if m not in data.specs]
         if missing:
             raise MMXError(f"data {data.name!r} lacks modalities {missing} that method {self.name!r} was built for")
@@ -112,7 +131,7 @@ class Method(ABC):
             if s.kind != d.kind or s.feature_names != d.feature_names or s.image_shape != d.image_shape:
                 raise MMXError(f"modality {m!r} of data {data.name!r} does not match the method's "
                                f"(features or image shape differ)")
-        if tuple(data.classes) != self.classes:
+        if classes and tuple(data.classes) != self.classes:
             raise MMXError(f"data classes {data.classes} differ from the method's {self.classes}")
         return data
 

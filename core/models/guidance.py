@@ -23,6 +23,7 @@ BatchNorm, so a prediction never depends on the rest of its batch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -199,7 +200,8 @@ class _GuideStage(Net):
 class _Reusable:
     """What :meth:`GuidanceMethod.retarget` reuses from a fit: the frozen latents of the training
     and validation rows (positions ``train`` / ``val`` in ``latents``), the split, the seed and
-    the extra task heads of C_I and C_S."""
+    the extra task heads of C_I and C_S. A model loaded from a checkpoint rebuilds it from the
+    split and seed on its card and the data handed to ``retarget`` (see ``_rebuild_reusable``)."""
 
     latents: MultimodalDataset
     rows: np.ndarray
@@ -226,7 +228,11 @@ class GuidanceMethod(Method):
         self.inferior, self.superior = config.inferior, tuple(config.superior)
         self.net = self.build_net()
         self.stages: dict[str, loop.FitResult] = {}
+        # the extra ``tasks`` heads of C_I and C_S ({"C_I": {task: Linear}, "C_S": ...}), which retarget uses
+        self.task_heads: dict[str, nn.ModuleDict] = {}
         self._reusable: _Reusable | None = None
+        # what a checkpoint keeps to rebuild ``_reusable``: seed, split and a digest of the G rows' data
+        self._reuse_info: dict | None = None
 
     def build_net(self) -> GuidanceNet:
         cfg = self.config
@@ -236,8 +242,28 @@ class GuidanceMethod(Method):
         return GuidanceNet(c_i, c_s, cfg, self.n_classes)
 
     def module(self) -> nn.Module:
-        """Everything a checkpoint must hold: the nets and the input preparation."""
-        return nn.ModuleDict({"prep": self.prep, "net": self.net})
+        """Everything a checkpoint must hold: the nets, the extra task heads and the input preparation."""
+        return nn.ModuleDict({"prep": self.prep, "net": self.net, "task_heads": nn.ModuleDict(self.task_heads)})
+
+    # ------------------------------------------------------------ checkpoint state
+    def card_state(self) -> dict:
+        """Per-stage fit numbers (no histories), the extra task heads' class counts (their
+        weights are in ``module()``) and, for :meth:`retarget`, the seed, split and a digest of
+        the data of the rows G and the decoders were trained on."""
+        state = {"stages": {k: r.summary() for k, r in self.stages.items()},
+                 "task_heads": {s: {t: int(h.out_features) for t, h in heads.items()}
+                                for s, heads in self.task_heads.items()}}
+        if self._reuse_info is not None:
+            state["retarget"] = self._reuse_info
+        return state
+
+    def restore_card_state(self, state: dict) -> None:
+        self.stages = {k: loop.FitResult.from_summary(v) for k, v in state.get("stages", {}).items()}
+        widths = {"C_I": self.net.c_i.width, "C_S": self.net.c_s.width}
+        self.task_heads = {s: nn.ModuleDict({t: nn.Linear(widths[s], int(n)) for t, n in heads.items()})
+                           for s, heads in state.get("task_heads", {}).items()}
+        self._reuse_info = state.get("retarget")
+        self._reusable = None
 
     # ------------------------------------------------------------ training
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
@@ -247,6 +273,7 @@ class GuidanceMethod(Method):
         has_i = data.present[self.inferior].numpy()
         has_s = np.logical_and.reduce([data.present[m].numpy() for m in self.superior])
         self.stages, task_heads = {}, {}
+        self.task_heads, self._reusable, self._reuse_info = {}, None, None
         extra = {t: (data.targets[t].y, len(data.targets[t].classes)) for t in self._tasks(data)}
         for name, clf, ok in (("C_I", self.net.c_i, has_i), ("C_S", self.net.c_s, has_s)):
             tr, va = _rows(split.train, ok, name), _rows(split.val, ok, name)
@@ -260,17 +287,20 @@ class GuidanceMethod(Method):
                                          progress, callback)
             freeze(stage)
             task_heads[name] = stage.heads
+        self.task_heads = task_heads
         tr, va = _rows(split.train, has_i & has_s, "G"), _rows(split.val, has_i & has_s, "G")
         rows = np.concatenate([tr, va])
+        self._reuse_info = {"seed": int(seed), "rows_sha256": _rows_digest(data, rows),
+                            "split": {"name": str(split.name), "seed": int(split.seed),
+                                      **{k: np.asarray(getattr(split, k)).astype(int).tolist()
+                                         for k in ("train", "val", "test")}}}
         lat = self._latent_data(data, rows, self._encode(data, rows))
         local_tr, local_va = np.arange(len(tr)), np.arange(len(tr), len(rows))
         guide = _GuideStage(self.net.guide, self.net.c_s.head)
         self.stages["G"] = loop.fit(guide, _raw_forward(guide), lat, local_tr, local_va, self.config.guide_train,
                                     self.device, seed, progress, callback, params=list(self.net.guide.parameters()))
         freeze(self.net.guide)
-        with torch.no_grad():
-            mapped = self.net.guide(lat.modalities["z_I"].to(self.device)).float().cpu()
-        lat = self._latent_data(data, rows, {**lat.modalities, "G(z_I)": mapped})
+        lat = self._with_guided(data, rows, lat)
         self._reusable = _Reusable(lat, rows, local_tr, local_va, split, seed, task_heads)
         return self._fit_decoders(lat, local_tr, local_va, seed, progress, callback, t0)
 
@@ -288,13 +318,22 @@ class GuidanceMethod(Method):
                  callback=None) -> "GuidanceMethod":
         """A guidance model for label column ``target`` of ``data`` that reuses this model's frozen
         C_I, C_S (with their ``target`` heads, trained jointly through ``config.tasks``), G and
-        split; only D_c and the S+I decoder are trained. Saves retraining encoders per target."""
-        r = self._reusable
-        if r is None or target not in r.task_heads["C_I"]:
+        split; only D_c and the S+I decoder are trained. Saves retraining encoders per target.
+
+        A model loaded from a checkpoint retargets too: its card keeps the split and seed, and the
+        frozen latents are computed again from ``data``, which must hold the rows it was trained
+        on (checked by a digest of their ids, presence and values)."""
+        if target not in self.task_heads.get("C_I", {}):
+            if target in self.config.tasks and self.is_fitted:
+                raise MMXError(f"retarget to {target!r}: this guidance model lacks its {target!r} heads (a checkpoint "
+                               f"written before task heads were saved); refit it")
             raise MMXError(f"retarget to {target!r} needs a guidance model fitted with {target!r} in its tasks "
                            f"(this one has tasks {list(self.config.tasks)})")
         t0 = time.perf_counter()
         tdata = data.with_target(target)
+        if self._reusable is None:  # loaded from a checkpoint: the frozen latents are computed again
+            self._reusable = self._rebuild_reusable(tdata)
+        r = self._reusable
         seed_everything(r.seed)  # the new decoders' initial weights
         new = GuidanceMethod(self.specs, tdata.classes, self.config)
         new.check_data(tdata)
@@ -307,9 +346,43 @@ class GuidanceMethod(Method):
         new.net.c_s.head = r.task_heads["C_S"][target]
         new.net.guide = self.net.guide
         new.net.to(self.device)
+        new.task_heads, new._reuse_info = self.task_heads, self._reuse_info
         new.stages = {k: v for k, v in self.stages.items() if k in ("C_I", "C_S", "G")}
         new.fit_result = new._fit_decoders(lat, r.train, r.val, r.seed, progress, callback, t0)
         return new
+
+    def _rebuild_reusable(self, data: MultimodalDataset) -> _Reusable:
+        """``_reusable`` of a model loaded from a checkpoint: the G rows from the card's split, and
+        their latents computed again by the frozen C_I, C_S and G exactly as :meth:`_fit` did.
+        ``data`` must hold the same rows (ids, values, presence) the model was trained on."""
+        info = self._reuse_info
+        if info is None:
+            raise MMXError("retarget needs the split this guidance model was trained on, and its checkpoint "
+                           "predates storing it; refit the model")
+        data = self.check_data(data, classes=False)
+        sp = info["split"]
+        split = Split(sp["name"], *(np.asarray(sp[k], dtype=np.int64) for k in ("train", "val", "test")),
+                      int(sp.get("seed", 0)))
+        used = np.concatenate([split.train, split.val])
+        if len(used) and int(used.max()) >= len(data):
+            raise MMXError(f"retarget: data {data.name!r} has {len(data)} samples, fewer than the rows this guidance "
+                           f"model was trained on")
+        has_i = data.present[self.inferior].numpy()
+        has_s = np.logical_and.reduce([data.present[m].numpy() for m in self.superior])
+        tr, va = _rows(split.train, has_i & has_s, "G"), _rows(split.val, has_i & has_s, "G")
+        rows = np.concatenate([tr, va])
+        if _rows_digest(data, rows) != info["rows_sha256"]:
+            raise MMXError(f"retarget: the training rows of data {data.name!r} differ (ids, values or presence) from "
+                           f"those this guidance model was trained on; pass the data it was fitted with")
+        lat = self._with_guided(data, rows, self._latent_data(data, rows, self._encode(data, rows)))
+        return _Reusable(lat, rows, np.arange(len(tr)), np.arange(len(tr), len(rows)), split, int(info["seed"]),
+                         self.task_heads)
+
+    @torch.no_grad()
+    def _with_guided(self, data: MultimodalDataset, rows: np.ndarray, lat: MultimodalDataset) -> MultimodalDataset:
+        """The latent dataset plus G(z_I) from the frozen G (the decoders' input)."""
+        mapped = self.net.guide(lat.modalities["z_I"].to(self.device)).float().cpu()
+        return self._latent_data(data, rows, {**lat.modalities, "G(z_I)": mapped})
 
     def _tasks(self, data: MultimodalDataset) -> tuple[str, ...]:
         unknown = [t for t in self.config.tasks if t not in data.targets]
@@ -396,6 +469,18 @@ class GuidanceMethod(Method):
             raise MMXError(f"{int(lacking.sum())} requested samples of {data.name!r} lack {list(modalities)} "
                            f"(e.g. {ids}); leave them out")
         return data.subset(idx).select(list(modalities)), np.arange(len(idx))
+
+
+def _rows_digest(data: MultimodalDataset, rows: np.ndarray) -> str:
+    """sha256 of the ids, presence and values of ``rows`` (every modality of ``data``)."""
+    h = hashlib.sha256()
+    r = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    for m in sorted(data.modalities):
+        h.update(m.encode())
+        h.update(data.modalities[m][r].contiguous().numpy().tobytes())
+        h.update(data.present[m][r].numpy().tobytes())
+    h.update("\x00".join(map(str, data.ids[np.asarray(rows)])).encode())
+    return h.hexdigest()
 
 
 def _raw_forward(net: nn.Module):

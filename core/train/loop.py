@@ -47,6 +47,24 @@ class FitResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
 
+    def summary(self) -> dict:
+        """The numbers without the history, JSON-safe (a non-finite score becomes None):
+        what a checkpoint card keeps of a fit."""
+        score = float(self.best_score)
+        return {"best_epoch": int(self.best_epoch), "best_score": score if np.isfinite(score) else None,
+                "epochs_run": int(self.epochs_run), "seconds": round(float(self.seconds), 2)}
+
+    @classmethod
+    def from_summary(cls, d: dict) -> FitResult:
+        """A fit result rebuilt from :meth:`summary` (missing numbers: 0 or NaN). Its
+        ``history`` is empty: the per-epoch record is not kept in checkpoints."""
+        def num(key, default, kind):
+            v = d.get(key)
+            return default if v is None else kind(v)
+
+        return cls(num("best_epoch", 0, int), num("best_score", float("nan"), float), num("epochs_run", 0, int),
+                   num("seconds", float("nan"), float), [])
+
 
 def class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Inverse-frequency weights ``N / (C * n_c)`` from the training labels (1 for absent classes)."""

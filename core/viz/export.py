@@ -24,7 +24,7 @@ def static_export_available() -> bool:
 def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550) -> bytes:
     """The figure as ``html``, ``png`` or ``svg`` bytes (PNG/SVG need :func:`static_export_available`)."""
     if fmt == "html":
-        return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+        return fig.to_html(include_plotlyjs=True, full_html=True).encode()  # plotly.js inside: opens offline
     if fmt in ("png", "svg"):
         if not static_export_available():
             raise RuntimeError("static export needs Chrome/Chromium on this machine (install chromium); "

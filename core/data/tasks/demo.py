@@ -17,9 +17,10 @@ CLASSES = ("alpha", "beta", "gamma", "delta")
 
 
 @register_task("demo", requires=(), description="SYNTHETIC: generated RNA + protein + image, 4 classes")
-def build_demo(root=None, n: int = 240, image_size: int = 32, seed: int | None = None) -> TaskData:
+def build_demo(root=None, n: int = 240, image_size: int = 32, seed: int | None = None,
+               seeds: tuple[int, ...] = (0,)) -> TaskData:
     """``seed`` (default ``$MMX_DEMO_SEED``, else 0) draws another synthetic data set of the same
-    design; the test suite must pass with any of them."""
+    design (the test suite must pass with any of them); ``seeds`` are the splits' seeds."""
     seed = int(os.environ.get("MMX_DEMO_SEED", 0)) if seed is None else seed
     rng = np.random.default_rng(seed)
     k = len(CLASSES)
@@ -53,5 +54,5 @@ def build_demo(root=None, n: int = 240, image_size: int = 32, seed: int | None =
         specs=specs,
         synthetic=True,
     )
-    return TaskData(ds, {"logo": leave_one_group_out(groups, y, seeds=(0,))},
+    return TaskData(ds, {"logo": leave_one_group_out(groups, y, seeds=seeds)},
                     "SYNTHETIC demo data (not real cells): RNA, protein and image with planted class signal")
