@@ -299,3 +299,15 @@ def test_early_fusion_search_picks_from_the_grid_and_uses_training_rows_only(dem
     fixed = get_method("early_knn", ds.specs, ds.classes, search=False)
     fixed.fit(ds, split, seed=0)
     assert fixed.chosen == {}
+
+
+def test_early_svm_searches_with_a_class_of_six(cells):
+    """Trained on donor s1d1, Progenitor has 6 cells: a search fold holds 4, fewer than the 5
+    calibration folds of the SVM's probabilities; the calibration takes what the class allows."""
+    ds = cells.dataset.select(["rna", "protein"])
+    split = next(s for s in cells.splits["leave_one_donor_out"] if s.name.startswith("test=s1d2"))
+    assert np.bincount(ds.y[split.train].numpy()).min() == 6
+    m = get_method("early_svm", ds.specs, ds.classes)
+    m.fit(ds, split, seed=0)
+    assert m.smallest_class == 4 and m.chosen["kernel"] in ("linear", "rbf")
+    assert _learned_cells(metrics.compute(ds.y[split.test].numpy(), m.predict(ds, split.test).proba))

@@ -54,6 +54,7 @@ def test_baselines_family_driver_on_demo(tmp_path, monkeypatch, one_thread):
     assert chosen["C"] in EarlyLogReg.grid["C"]
     assert "cv_f1_weighted" in chosen and "folds" not in chosen
     assert "The best deep model by F1 weighted" in md
+    assert f"run by run: LR C {chosen['C']}" in md
 
 
 def test_guidance_family_driver_on_demo(tmp_path, monkeypatch, one_thread):
@@ -89,3 +90,14 @@ def test_unknown_task_for_an_experiment_is_a_clear_error(tmp_path):
 
     with pytest.raises(MMXError, match="unknown task"):
         get_experiment("cells/ablation_fi_mi").run(out_dir=tmp_path, device="cpu", task="nope")
+
+
+def test_result_json_keeps_number_lists_on_one_line(tmp_path):
+    from core.train.results import write_json
+
+    payload = {"runs": [{"y": [0, 1, 2], "proba": [[0.25, 0.75], [1e-05, -0.5]], "ok": [True, None]}],
+               "labels": ["a", "b"], "empty": [], "text": "[1, 2]"}
+    write_json(tmp_path / "r.json", payload)
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text) == payload
+    assert '"y": [0, 1, 2]' in text and "[0.25, 0.75]" in text and '"ok": [true, null]' in text

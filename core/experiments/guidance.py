@@ -130,7 +130,7 @@ def findings(runs: list[dict], columns: list[tuple[str, str]]) -> str:
         for c, h in columns:
             d = _diff(runs, c, a, b)
             if d.called and np.sign(d.estimate) == sign:
-                out.append(f"{h} ({d.text()})")
+                out.append(f"{h} {d.text()}")
         return out
 
     s_better = called("S", "I", 1)
@@ -138,7 +138,7 @@ def findings(runs: list[dict], columns: list[tuple[str, str]]) -> str:
     joint_below = called("S+I", "S", -1)
     return "\n".join([
         "- Balanced accuracy of the guided G(I)+I relative to the unguided I (relative change with its paired "
-        f"bootstrap interval; {CI_NOTE[CI_NOTE.index('an effect'):]}): "
+        f"bootstrap interval; {CI_NOTE[CI_NOTE.index('an effect'):].rstrip('.')}): "
         + "; ".join(p for p in (listing("called higher in", up), listing("called lower in", down),
                                 listing("no change called in", undecided)) if p) + ".",
         f"- McNemar's exact test of G(I)+I against I on each run's test set: p < 0.05 in {len(sig)} of {len(tests)} "

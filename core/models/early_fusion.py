@@ -31,6 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from core.errors import MMXError
 from core.models.base import Method, MethodConfig
 from core.models.registry import register_method
 from core.train import loop
@@ -76,10 +77,14 @@ class SklearnMethod(Method):
 
         t0 = time.perf_counter()
         x, y = self.features(data, split.train), data.y[torch.as_tensor(split.train)].numpy()
-        pipe = make_pipeline(StandardScaler(), self.estimator(seed))
         self.chosen = {}
         groups = np.asarray(data.groups)[split.train]
         folds = self._folds(y, groups, seed) if self.config.search and self.grid else None
+        # the rarest class's count in the rows an estimator is fitted on (a search fold holds less)
+        rarest = int(np.bincount(y)[np.unique(y)].min())
+        n_folds = folds[0].get_n_splits() if folds else 1
+        self.smallest_class = rarest - -(-rarest // n_folds) if folds else rarest
+        pipe = make_pipeline(StandardScaler(), self.estimator(seed))
         if folds is None:
             self.model = pipe.fit(x, y)
         else:
@@ -199,5 +204,10 @@ class EarlySVM(SklearnMethod):
     def estimator(self, seed: int):
         # Platt scaling fitted on cross-validated decision values of the training rows; one final SVC
         # on all of them (what SVC(probability=True) did before scikit-learn 1.9 deprecated it)
+        # as many calibration folds as the rarest class allows (a rare cell type may have 6 cells)
+        folds = min(self.config.calibration_folds, self.smallest_class)
+        if folds < 2:
+            raise MMXError(f"early_svm needs at least 2 training samples of every class to calibrate its "
+                           f"probabilities (the rarest class has {self.smallest_class} where it is fitted)")
         return CalibratedClassifierCV(SVC(C=self.config.C, kernel=self.config.kernel), method="sigmoid",
-                                      cv=self.config.calibration_folds, ensemble=False)
+                                      cv=folds, ensemble=False)

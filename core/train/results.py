@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +23,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, default=_default) + "\n")
+    """Indented JSON, with every list of plain numbers on one line (per-case predictions stay
+    readable row by row instead of one number per line)."""
+    text = json.dumps(payload, indent=1, default=_default)
+    atomic_write_text(path, _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n")
+
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|true|false|null)(?:,\s*(?:-?[\d.eE+-]+|true|false|null))*)\s*\]")
 
 
 def _default(o):
