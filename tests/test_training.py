@@ -111,7 +111,7 @@ def test_skeleton_methods_learn_real_cells(cells):
 def test_train_cli_writes_tables(tmp_path, data_dir):
     import train
 
-    for task, method, extra in (("cells", "early_lr", ["--modalities", "rna,protein"]),
+    for task, method, extra in (("cells", "early_lr", ["--modalities", "rna,protein", "--seeds", "0"]),
                                 ("rosmap", "late_mlp", ["--epochs", "5", "--seeds", "0"])):
         assert train.main(["--task", task, "--method", method, "--out", str(tmp_path), *extra]) == 0
         js = list((tmp_path / task).glob("*.json"))
