@@ -114,12 +114,6 @@ class Interval:
         f = lambda v: f"{scale * v:+.1f}"  # noqa: E731
         return f"{f(self.estimate)}{unit} ({100 * self.level:.0f}% CI {f(self.low)} to {f(self.high)})"
 
-    def verdict(self) -> str:
-        """``higher`` / ``lower`` when called, else ``no difference called``."""
-        if not self.called:
-            return "no difference called (the interval contains 0)"
-        return "higher" if self.estimate > 0 else "lower"
-
 
 def bootstrap(runs: Mapping[str, Sequence[Mapping]], metric: str,
               statistic: Callable[[dict[str, np.ndarray]], np.ndarray], n_boot: int = N_BOOT, seed: int = 0,

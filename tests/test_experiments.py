@@ -11,6 +11,7 @@ import pytest
 from core.experiments import get_experiment
 from core.models.early_fusion import EarlyLogReg
 from core.train.loop import TrainConfig
+from core.viz.export import result_formats
 
 
 def _check(tmp_path, table: str, experiment: str) -> tuple[str, dict]:
@@ -29,7 +30,7 @@ def test_mmdynamics_family_driver_on_demo(tmp_path, monkeypatch, one_thread):
                                                for r in exp.ABLATION_ROWS])
     get_experiment("cells/ablation_fi_mi").run(out_dir=tmp_path, device="cpu", task="demo")
     md, payload = _check(tmp_path, "ablation_fi_mi", "cells/ablation_fi_mi")
-    assert "| Both |" in md and (tmp_path / "demo" / "ablation_fi_mi.html").exists()
+    assert "| Both |" in md and (tmp_path / "demo" / f"ablation_fi_mi.{result_formats()[0]}").exists()
     run = payload["rows"][0]["runs"][0]
     assert len(run["y"]) == len(run["pred"]) == len(run["proba"]) == run["n_test"]
     assert "sample standard deviation (ddof 1)" in md
@@ -101,3 +102,4 @@ def test_result_json_keeps_number_lists_on_one_line(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert json.loads(text) == payload
     assert '"y": [0, 1, 2]' in text and "[0.25, 0.75]" in text and '"ok": [true, null]' in text
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # readable by others, like any result file

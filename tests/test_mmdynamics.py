@@ -412,6 +412,7 @@ def test_ablation_figure_has_one_group_per_variant():
 def test_experiment_writes_tables_and_figure(cells, tmp_path, monkeypatch):
     from core.experiments import get_experiment, list_experiments
     from core.experiments import mmdynamics as exp
+    from core.viz.export import result_formats
 
     names = {e.name for e in list_experiments()}
     assert {"cells/image_dynamics", "cells/masked_image", "cells/ablation_fi_mi", "rosmap/mmdynamics",
@@ -421,4 +422,4 @@ def test_experiment_writes_tables_and_figure(cells, tmp_path, monkeypatch):
     paths = get_experiment("cells/ablation_fi_mi").run(out_dir=tmp_path, device="cpu")
     md = (tmp_path / "cells" / "ablation_fi_mi.md").read_text()
     assert "python train.py --experiment cells/ablation_fi_mi" in md and "## Findings" in md
-    assert "| Both |" in md and (tmp_path / "cells" / "ablation_fi_mi.html") in paths
+    assert "| Both |" in md and (tmp_path / "cells" / f"ablation_fi_mi.{result_formats()[0]}") in paths

@@ -113,7 +113,9 @@ def chosen(results: list[RowResult]) -> str:
             keys = [k for k in picks[0] if not k.startswith("cv")]
             parts.append(f"{r.row.label.split(' (')[0]} " + ", ".join(
                 f"{k} " + " / ".join(str(p[k]) for p in picks) for k in keys))
-    return ("Hyper-parameters chosen by the cross-validated search, run by run: " + "; ".join(parts) + ".") if parts else ""
+    if not parts:
+        return ""
+    return "Hyper-parameters chosen by the cross-validated search, run by run: " + "; ".join(parts) + "."
 
 
 def _baseline_table(experiment: str, task: str, title: str, rows: list[Row], protocol: str, out_dir, device,

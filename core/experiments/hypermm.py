@@ -29,7 +29,7 @@ from core.experiments.runner import SYNTHETIC_BANNER, Row, RowResult, duration, 
 from core.models import get_method
 from core.train.device import resolve_device
 from core.train.results import atomic_write_text, write_json
-from core.viz.export import save_figure
+from core.viz.export import result_formats, save_figure
 from core.viz.robustness import robustness_figure
 
 COLUMNS = ("accuracy", "auroc", "f1_weighted", "precision_weighted", "recall_weighted")
@@ -330,11 +330,11 @@ def cells(out_dir="results", device="auto", data_dir=None, progress=False, task=
     fig = robustness_figure(curves, f"{task}: robustness to missing modalities (mean ± std over "
                                     f"{len(results[0]['results'][0].runs)} runs)",
                             highlight=HYPERMM)
-    figures = save_figure(fig, Path(out_dir) / td.dataset.name / "hypermm_robustness")
+    figures = save_figure(fig, Path(out_dir) / td.dataset.name / "hypermm_robustness", result_formats())
     intro = (_setup(td, CELLS_IMAGE_SIZE) + " Each modality of each cell is dropped with the stated probability; a "
              "cell left with none keeps one of its modalities at random, so the realised missing fractions (listed "
-             "per table) are below the nominal rate at 50 and 75 %. Robustness curve: `hypermm_robustness.html` "
-             "and `.png`.")
+             "per table) are below the nominal rate at 50 and 75 %. Robustness curve: `hypermm_robustness.png` "
+             "and `.svg`.")
     path = write_report(out_dir, td, "cells/hypermm", "HyperMM on cells: learning with missing modalities", intro,
                         sections, cells_findings(results, seconds), seconds, device,
                         {"image_size": CELLS_IMAGE_SIZE, "train": TRAIN, "figures": [str(f) for f in figures]})

@@ -32,7 +32,7 @@ from core.experiments.findings import CI_NOTE, Table, mean_std
 from core.experiments.runner import Row, duration, pct, run_rows, run_table, write_table
 from core.train.device import resolve_device
 from core.viz.ablation import ablation_figure
-from core.viz.export import save_figure
+from core.viz.export import result_formats, save_figure
 
 # Mini-batch Adam with early stopping on the inner validation set; chosen so that the whole
 # cells image-dynamics table (30 fits) stays within 15 minutes on the 2-core CPU.
@@ -193,7 +193,7 @@ def cells_ablation(out_dir="results", device="auto", data_dir=None, progress=Fal
                               findings=ablation_findings, progress=progress, command=command(name, task))
     fig = ablation_figure({r.row.label: r.summary for r in results},
                           title="MM dynamics on cells (RNA + protein): feature / modality informativeness")
-    figures = save_figure(fig, path.with_name("ablation_fi_mi"))
+    figures = save_figure(fig, path.with_name("ablation_fi_mi"), result_formats())
     return [path.with_suffix(".json"), path, *figures]
 
 

@@ -33,6 +33,12 @@ def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550) 
     raise ValueError(f"unknown figure format {fmt!r}")
 
 
+def result_formats() -> tuple[str, ...]:
+    """Formats of a figure committed beside a result table: PNG and SVG where this machine can
+    render them (small, open anywhere), else the self-contained HTML (plotly.js inside, ~5 MB)."""
+    return ("png", "svg") if static_export_available() else ("html",)
+
+
 def save_figure(fig: go.Figure, stem: str | Path, formats: tuple[str, ...] = ("html", "png")) -> list[Path]:
     """Write ``stem.<fmt>`` for each format (atomically); formats that cannot be made here are
     skipped and not returned."""
