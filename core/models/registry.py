@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import numbers
 import types
 import typing
@@ -142,14 +143,10 @@ _NONE_TEXT = {"None", "none"}
 _BOOL_TEXT = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """Field types of a dataclass (``from __future__ import annotations`` leaves them as text)."""
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+    return typing.get_type_hints(cls)
 
 
 def _literal(text: str) -> Any:
