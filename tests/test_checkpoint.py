@@ -1,7 +1,9 @@
 """Checkpoints round-trip exactly, are verified by hash, and never unpickle."""
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -31,13 +33,19 @@ def test_round_trip_same_predictions(trained, demo, tmp_path):
     assert np.allclose(a, b, atol=1e-6)
 
 
+def _rewrite_card(folder, **changes) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    card.update(changes)
+    (folder / "card.json").write_text(json.dumps(card))
+
+
 def test_tampered_weights_rejected(trained, tmp_path):
     folder = save_checkpoint(trained, tmp_path / "ck")
     w = folder / "model.safetensors"
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF
     w.write_bytes(bytes(data))
-    with pytest.raises(MMXError, match="sha256 of the weights does not match"):
+    with pytest.raises(MMXError, match="model.safetensors: sha256 does not match the card"):
         load_checkpoint(folder)
 
 
@@ -50,23 +58,75 @@ def test_bad_cards_rejected(trained, tmp_path):
         load_checkpoint(tmp_path / "nowhere")
 
 
-def test_pickle_file_is_not_loaded(trained, tmp_path):
-    import pickle
-
+def test_card_pointing_to_a_missing_file_is_refused(trained, tmp_path):
     folder = save_checkpoint(trained, tmp_path / "ck")
-    payload = pickle.dumps({"x": 1})
-    (folder / "model.safetensors").write_bytes(payload)
-    card = json.loads((folder / "card.json").read_text())
-    import hashlib
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(MMXError, match="model.safetensors: file listed in the card not found"):
+        load_checkpoint(folder)
 
-    card["sha256"] = hashlib.sha256(payload).hexdigest()
-    (folder / "card.json").write_text(json.dumps(card))
+
+@pytest.mark.parametrize("name", ["../model.safetensors", "model.pkl", ".hidden.skops", "sub/model.safetensors"])
+def test_card_listing_other_files_is_refused(trained, tmp_path, name):
+    """Only the weights and skops files in the folder itself are ever read."""
+    folder = save_checkpoint(trained, tmp_path / "ck")
+    card = json.loads((folder / "card.json").read_text())
+    _rewrite_card(folder, files={**card["files"], name: "0" * 64})
+    with pytest.raises(MMXError, match="card lists a file"):
+        load_checkpoint(folder)
+
+
+def _pickle_as(folder, name: str) -> None:
+    """Replace ``name`` with a pickle and give the card its true hash (a forger's checkpoint)."""
+    payload = pickle.dumps({"x": 1})
+    (folder / name).write_bytes(payload)
+    card = json.loads((folder / "card.json").read_text())
+    _rewrite_card(folder, files={**card["files"], name: hashlib.sha256(payload).hexdigest()})
+
+
+def test_pickle_renamed_to_safetensors_is_not_loaded(trained, tmp_path):
+    folder = save_checkpoint(trained, tmp_path / "ck")
+    _pickle_as(folder, "model.safetensors")
     with pytest.raises(MMXError, match="not a readable safetensors file"):
         load_checkpoint(folder)
 
 
-def test_sklearn_method_cannot_be_saved(demo, tmp_path):
+@pytest.fixture(scope="module")
+def forest(demo):
     ds = demo.dataset
-    m = get_method("early_lr", ds.specs, ds.classes)
-    with pytest.raises(MMXError, match="no tensor weights"):
-        save_checkpoint(m, tmp_path / "x")
+    m = get_method("early_rf", ds.specs, ds.classes, n_estimators=5, image_grid=2)
+    m.fit(ds, demo.splits["logo"][0], seed=0)
+    return m
+
+
+def test_pickle_renamed_to_skops_is_not_loaded(forest, tmp_path):
+    folder = save_checkpoint(forest, tmp_path / "ck")
+    assert load_checkpoint(folder).is_fitted
+    _pickle_as(folder, "estimator.skops")
+    with pytest.raises(MMXError, match="estimator.skops is not a readable skops file"):
+        load_checkpoint(folder)
+
+
+def test_skops_file_with_an_untrusted_type_is_refused(forest, tmp_path):
+    """A skops file may only hold the listed scikit-learn types: one holding anything else (here
+    a FunctionTransformer of ``os.system``) is refused unread."""
+    import os
+
+    import skops.io as sio
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    folder = save_checkpoint(forest, tmp_path / "ck")
+    payload = sio.dumps(make_pipeline(FunctionTransformer(os.system), forest.model[-1]))
+    (folder / "estimator.skops").write_bytes(payload)
+    card = json.loads((folder / "card.json").read_text())
+    _rewrite_card(folder, files={**card["files"], "estimator.skops": hashlib.sha256(payload).hexdigest()})
+    with pytest.raises(MMXError, match="types outside the trusted list"):
+        load_checkpoint(folder)
+
+
+def test_card_for_another_method_is_refused(trained, forest, tmp_path):
+    """The late-fusion files under a card that says early_rf are refused before any is read."""
+    folder = save_checkpoint(trained, tmp_path / "ck")
+    _rewrite_card(folder, method="early_rf", config={})
+    with pytest.raises(MMXError, match="does not fit method 'early_rf'"):
+        load_checkpoint(folder)

@@ -3,9 +3,8 @@ fitted one does, with the same outputs (predictions with every explain tensor, t
 the informativeness explanations, and for guidance every head, the comparisons, the latent map
 and retarget), and it counts as fitted (``is_fitted``, ``fit_result`` from the card).
 
-Every registered method is covered through ``list_methods()``: each one a checkpoint can hold
-is fitted on the synthetic demo task (tiny settings), saved, loaded and compared; each one
-``save_checkpoint`` refuses must be refused with a clean MMXError (and no files written).
+Every registered method is covered through ``list_methods()``: each one is fitted on the
+synthetic demo task (tiny settings), saved, loaded and compared.
 """
 from __future__ import annotations
 
@@ -56,8 +55,6 @@ SETTINGS = {
 }
 
 METHODS = [e.name for e in list_methods()]
-SAVABLE = [e.name for e in list_methods() if hasattr(e.cls, "module")]
-REFUSED = [n for n in METHODS if n not in SAVABLE]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +98,7 @@ def checkpoints(data, split, tmp_path_factory, one_thread):
     return get
 
 
-@pytest.fixture(scope="module", params=SAVABLE)
+@pytest.fixture(scope="module", params=METHODS)
 def pair(request, checkpoints):
     """(fitted, loaded) for one checkpointable method."""
     return checkpoints(request.param)[:2]
@@ -159,17 +156,17 @@ def masks_for(method) -> list[dict]:
 # ------------------------------------------------------------------ every method
 def test_every_method_has_a_small_config():
     assert set(METHODS) <= set(SETTINGS), f"add small settings for {sorted(set(METHODS) - set(SETTINGS))}"
-    assert {"late_mlp", "mm_dynamics", "mm_static", "healnet", "mcat", "cnn", "hypermm", "guidance"} <= set(SAVABLE)
 
 
-@pytest.mark.parametrize("name", REFUSED)
-def test_refused_methods_are_refused_cleanly(name, data, split, tmp_path, one_thread):
-    """Methods a checkpoint cannot hold yet (scikit-learn, unimodal) are refused with an MMXError,
-    fitted, before anything is written."""
-    m = _fit(name, data, split)
-    with pytest.raises(MMXError, match="no tensor weights"):
-        save_checkpoint(m, tmp_path / "ck")
-    assert not (tmp_path / "ck").exists()
+def test_scikit_learn_models_are_stored_without_pickle(checkpoints):
+    """A linear model is arrays in the safetensors file; the others a skops file whose types
+    are all on the trusted list; a unimodal model keeps its inner method's files, prefixed."""
+    from core.models.early_fusion import SKOPS_FILE
+
+    for name in METHODS:
+        card = read_card(checkpoints(name)[2])
+        expect = {"model.safetensors"} | ({SKOPS_FILE} if name.startswith("early_") and name != "early_lr" else set())
+        assert set(card["files"]) == expect, name
 
 
 def test_loaded_model_is_fitted(pair):

@@ -78,6 +78,11 @@ class Method(ABC):
     def n_classes(self) -> int:
         return len(self.classes)
 
+    def required_modalities(self) -> tuple[str, ...]:
+        """Modalities a sample must have to be predicted (none by default: a method fills or
+        skips an absent modality itself). A caller scoring many samples leaves the others out."""
+        return ()
+
     @property
     def is_fitted(self) -> bool:
         """True after :meth:`fit` and after :func:`core.checkpoint.load_checkpoint` (which restores
@@ -85,16 +90,41 @@ class Method(ABC):
         return self.fit_result is not None
 
     # ------------------------------------------------------------ checkpoint hooks
-    # A checkpoint holds ``module().state_dict()`` (tensors) and a JSON card. A method whose fitted
-    # state has more than its module's tensors keeps the tensors in ``module()`` and the rest in
-    # :meth:`card_state`; :meth:`restore_card_state` puts it back (and builds any module whose
-    # shape only a fit decides) before the weights are loaded, strictly, into ``module()``.
+    # A checkpoint holds :meth:`weights` (tensors, in safetensors), :meth:`artefacts` (non-tensor
+    # parts in a format that runs no code on load, e.g. skops) and a JSON card with
+    # :meth:`card_state`. Loading builds the method from the card, calls :meth:`restore_card_state`
+    # (which builds any module whose shape only a fit decides), then :meth:`load_artefacts` and
+    # :meth:`load_weights` (strict: every tensor must fit).
+    def module(self) -> nn.Module:
+        """The torch modules of a fitted model: the input preparation, plus a deep method's nets."""
+        return nn.ModuleDict({"prep": self.prep})
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Every tensor of a fitted model (by default ``module()``'s state)."""
+        return self.module().state_dict()
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.module().load_state_dict(state, strict=True)
+
+    def artefacts(self) -> dict[str, bytes]:
+        """Files beside the weights (name -> content); none by default."""
+        return {}
+
+    def load_artefacts(self, files: dict[str, bytes]) -> None:
+        if files:
+            raise MMXError(f"method {self.name!r} keeps no files besides its weights, got {sorted(files)}")
+
     def card_state(self) -> dict:
-        """JSON-serialisable state of a fitted model that is not in ``module()`` (none by default)."""
+        """JSON-serialisable state of a fitted model that is not in its weights (none by default)."""
         return {}
 
     def restore_card_state(self, state: dict) -> None:
         """Restore what :meth:`card_state` wrote, on a freshly built model, before its weights load."""
+
+    def place(self, device: str | torch.device) -> None:
+        """Move a loaded model to ``device`` for prediction."""
+        self.device = torch.device(device)
+        self.module().to(self.device).eval()
 
     # ------------------------------------------------------------ public API
     def fit(self, data: MultimodalDataset, split: Split, *, seed: int = 0, device: str = "auto",

@@ -12,6 +12,9 @@ with cross-validation inside the training rows (scikit-learn's ``GridSearchCV``;
 group, e.g. a donor, together when the training rows hold enough groups, else stratified folds),
 as the reference baselines were tuned: an untuned baseline flatters every method compared with
 it. The chosen values are kept in ``method.chosen`` (and in every result file).
+
+Checkpoints never unpickle: the linear model (``early_lr``) is stored as arrays in the
+safetensors file; the others as a ``skops`` file, loaded with an explicit list of trusted types.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import skops.io as sio
 import torch
 import torch.nn.functional as F
 from sklearn.calibration import CalibratedClassifierCV
@@ -37,6 +41,18 @@ from core.models.registry import register_method
 from core.train import loop
 from core.train.loop import iterate
 from core.train.output import ModelOutput
+
+SKOPS_FILE = "estimator.skops"
+#: the only non-builtin types a stored estimator may hold beyond what skops trusts by default
+TRUSTED_TYPES = [
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.tree._tree.Tree",
+]
 
 
 @dataclass
@@ -115,6 +131,28 @@ class SklearnMethod(Method):
         return ModelOutput(torch.log(torch.from_numpy(p).float().clamp(min=1e-12)))
 
 
+    # ------------------------------------------------------------ checkpoint
+    def card_state(self) -> dict:
+        return {"chosen": self.chosen, "smallest_class": int(self.smallest_class)}
+
+    def restore_card_state(self, state: dict) -> None:
+        self.chosen, self.smallest_class = dict(state["chosen"]), int(state["smallest_class"])
+
+    def artefacts(self) -> dict[str, bytes]:
+        return {SKOPS_FILE: sio.dumps(self.model)}
+
+    def load_artefacts(self, files: dict[str, bytes]) -> None:
+        if set(files) != {SKOPS_FILE}:
+            raise MMXError(f"{self.name} needs exactly the file {SKOPS_FILE!r}, the card lists {sorted(files)}")
+        try:
+            untrusted = sorted(set(sio.get_untrusted_types(data=files[SKOPS_FILE])) - set(TRUSTED_TYPES))
+        except Exception as e:  # skops raises zipfile / JSON / key errors for a file that is not its format
+            raise MMXError(f"{SKOPS_FILE} is not a readable skops file ({type(e).__name__}: {e})") from None
+        if untrusted:
+            raise MMXError(f"{SKOPS_FILE} holds types outside the trusted list: {untrusted}")
+        self.model = sio.loads(files[SKOPS_FILE], trusted=TRUSTED_TYPES)
+
+
 def _plain(v):
     """A searched value as JSON keeps it (numpy scalars and tuples become Python ones)."""
     if isinstance(v, tuple):
@@ -135,6 +173,37 @@ class EarlyLogReg(SklearnMethod):
 
     def estimator(self, seed: int):
         return LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=seed)
+
+    # a linear model is a few arrays: they travel in the safetensors file, no estimator file at all
+    ARRAYS = {"scaler": ("mean_", "scale_", "var_"), "lr": ("coef_", "intercept_", "classes_")}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        scaler, lr = self.model[0], self.model[-1]
+        parts = {"scaler": scaler, "lr": lr}
+        return {**super().weights(), **{f"estimator.{k}.{a}": torch.from_numpy(np.asarray(getattr(parts[k], a)).copy())
+                                        for k, names in self.ARRAYS.items() for a in names}}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        arrays = {k: v.numpy() for k, v in state.items() if k.startswith("estimator.")}
+        super().load_weights({k: v for k, v in state.items() if not k.startswith("estimator.")})
+        need = {f"estimator.{k}.{a}" for k, names in self.ARRAYS.items() for a in names}
+        if set(arrays) != need:
+            raise MMXError(f"early_lr weights lack {sorted(need - set(arrays))} "
+                           f"or have unknown {sorted(set(arrays) - need)}")
+        scaler, lr = StandardScaler(), self.estimator(0)
+        for k, est in (("scaler", scaler), ("lr", lr)):
+            for a in self.ARRAYS[k]:
+                setattr(est, a, arrays[f"estimator.{k}.{a}"])
+            est.n_features_in_ = lr.coef_.shape[1] if k == "lr" else len(scaler.mean_)
+        if lr.coef_.shape[1] != len(scaler.mean_):
+            raise MMXError("early_lr weights: the scaler and the linear model disagree on the number of features")
+        self.model = make_pipeline(scaler, lr)
+
+    def artefacts(self) -> dict[str, bytes]:
+        return {}
+
+    def load_artefacts(self, files: dict[str, bytes]) -> None:
+        Method.load_artefacts(self, files)
 
 
 @dataclass

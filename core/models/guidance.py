@@ -241,6 +241,10 @@ class GuidanceMethod(Method):
         c_s = ModalityClassifier({m: self.specs[m] for m in self.superior}, sizes, cfg.dropout, self.n_classes)
         return GuidanceNet(c_i, c_s, cfg, self.n_classes)
 
+    def required_modalities(self) -> tuple[str, ...]:
+        """The guided model predicts from the inferior modality alone, so a sample needs it."""
+        return (self.inferior,)
+
     def module(self) -> nn.Module:
         """Everything a checkpoint must hold: the nets, the extra task heads and the input preparation."""
         return nn.ModuleDict({"prep": self.prep, "net": self.net, "task_heads": nn.ModuleDict(self.task_heads)})

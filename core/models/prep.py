@@ -58,3 +58,8 @@ class InputPrep(nn.Module):
 
     def training_mean(self, m: str) -> torch.Tensor:
         return getattr(self, f"mean_{m}")
+
+    def raw_training_mean(self, m: str) -> torch.Tensor:
+        """The training mean of omics modality ``m`` in input units (before scaling): what a
+        feature an upload lacks is filled with."""
+        return getattr(self, f"shift_{m}") + getattr(self, f"scale_{m}") * getattr(self, f"mean_{m}")

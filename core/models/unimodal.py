@@ -57,6 +57,35 @@ class Unimodal(Method):
         return self.inner.fit(sub, inner_split, seed=seed, device=str(self.device), progress=progress,
                               callback=callback)
 
+    # ------------------------------------------------------------ checkpoint: the inner method's parts, prefixed
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {**super().weights(), "prior": self.prior, **{f"inner.{k}": v for k, v in self.inner.weights().items()}}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        if "prior" not in state or state["prior"].shape != self.prior.shape:
+            raise MMXError("unimodal weights lack the class prior or it has the wrong size")
+        self.prior = state["prior"].float()
+        self.inner.load_weights({k[6:]: v for k, v in state.items() if k.startswith("inner.")})
+        super().load_weights({k: v for k, v in state.items() if k != "prior" and not k.startswith("inner.")})
+
+    def artefacts(self) -> dict[str, bytes]:
+        return {f"inner.{k}": v for k, v in self.inner.artefacts().items()}
+
+    def load_artefacts(self, files: dict[str, bytes]) -> None:
+        super().load_artefacts({k: v for k, v in files.items() if not k.startswith("inner.")})
+        self.inner.load_artefacts({k[6:]: v for k, v in files.items() if k.startswith("inner.")})
+
+    def card_state(self) -> dict:
+        return {"inner": self.inner.card_state(), "inner_fit": self.inner.fit_result.summary()}
+
+    def restore_card_state(self, state: dict) -> None:
+        self.inner.restore_card_state(state["inner"])
+        self.inner.fit_result = loop.FitResult.from_summary(state["inner_fit"])
+
+    def place(self, device) -> None:
+        super().place(device)
+        self.inner.place(device)
+
     def _predict_outputs(self, data, idx, masks) -> ModelOutput:
         have = data.present[self.modality].numpy()[idx]
         proba = self.prior.expand(len(idx), -1).clone()
