@@ -237,12 +237,14 @@ def _table_from_anndata(a, path: Path, layer: str | None, label_column: str | No
     ids = np.asarray(a.obs_names).astype(str)
     features = [str(v) for v in a.var_names]
     _validate_matrix(X, ids, features, path)
-    return Table(ids=ids, features=tuple(features), X=X, source=str(path), labels=labels, obs=a.obs.copy())
+    return Table(ids=ids, features=tuple(features), X=X, source=str(path), labels=labels, obs=a.obs.copy(),
+                 meta={"layers": tuple(a.layers.keys())})
 
 
-def read_h5mu(path: str | Path, modalities: tuple[str, ...] = ("rna", "prot"), layer: str | None = None,
+def read_h5mu(path: str | Path, modalities: tuple[str, ...] | None = ("rna", "prot"), layer: str | None = None,
               label_column: str | None = None) -> dict[str, Table]:
-    """Read a MuData file; returns one :class:`Table` per requested modality, ids aligned."""
+    """Read a MuData file; returns one :class:`Table` per requested modality (``None``: every one),
+    ids aligned. Each table's ``obs`` also holds the MuData-level obs columns (labels often live there)."""
     import mudata as md
 
     path = Path(path)
@@ -252,18 +254,20 @@ def read_h5mu(path: str | Path, modalities: tuple[str, ...] = ("rna", "prot"), l
         mdata = md.read_h5mu(path)
     except Exception as e:
         raise MMXError(f"not a readable MuData file ({type(e).__name__}: {e})", path) from None
+    modalities = tuple(mdata.mod) if modalities is None else modalities
+    if not modalities:
+        raise MMXError("has no modalities", path)
     missing = [m for m in modalities if m not in mdata.mod]
     if missing:
         raise MMXError(f"has no modality {missing}; modalities are {list(mdata.mod)}", path)
     tables = {}
     for m in modalities:
-        a = mdata.mod[m]
-        lab = label_column if label_column in a.obs.columns else None
-        t = _table_from_anndata(a, path, layer, lab)
-        if t.labels is None and label_column is not None:
-            if label_column not in mdata.obs.columns:
+        t = _table_from_anndata(mdata.mod[m], path, layer, None)
+        t.obs = t.obs.join(mdata.obs[[c for c in mdata.obs.columns if c not in t.obs.columns]])
+        if label_column is not None:
+            if label_column not in t.obs.columns:
                 raise MMXError(f"no obs column {label_column!r} in modality {m!r} or the MuData obs", path)
-            t.labels = mdata.obs.loc[t.ids, label_column].astype(str).to_numpy()
+            t.labels = t.obs[label_column].astype(str).to_numpy()
         tables[m] = t
     align_tables(tables)
     return tables
