@@ -31,9 +31,11 @@ def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def compute(y_true: Sequence[int], proba: np.ndarray, with_auroc: bool | None = None) -> dict[str, float]:
+def compute(y_true: Sequence[int], proba: np.ndarray, with_auroc: bool | None = None,
+            labels: Sequence[int] | None = None) -> dict[str, float]:
     """All metrics of one prediction. ``proba`` is N x C; AUROC is added for binary tasks
-    (or when ``with_auroc`` is True).
+    (or when ``with_auroc`` is True). ``labels`` restricts the per-class averages of F1,
+    precision and recall to those classes (e.g. the classes present in a user's data).
 
     One rule for every per-class average, scikit-learn's: a class that occurs in neither the
     truth nor the prediction is left out (macro F1 and balanced accuracy alike), a class that is
@@ -41,7 +43,7 @@ def compute(y_true: Sequence[int], proba: np.ndarray, with_auroc: bool | None = 
     y_true = np.asarray(y_true)
     proba = np.asarray(proba)
     pred = proba.argmax(1)
-    kw = dict(zero_division=0)
+    kw = dict(zero_division=0, labels=labels)
     out = {
         "f1_weighted": skm.f1_score(y_true, pred, average="weighted", **kw),
         "f1_macro": skm.f1_score(y_true, pred, average="macro", **kw),
@@ -64,6 +66,12 @@ def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         return float(skm.balanced_accuracy_score(y_true, pred))
+
+
+def confusion(y_true: Sequence[int], pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """Counts, true class on rows and predicted class on columns, over all ``n_classes`` (a class
+    missing from one run still gets its row and column, so the matrices of several runs add up)."""
+    return skm.confusion_matrix(np.asarray(y_true), np.asarray(pred), labels=np.arange(n_classes))
 
 
 def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]) -> float:

@@ -103,3 +103,32 @@ def test_result_json_keeps_number_lists_on_one_line(tmp_path):
     assert json.loads(text) == payload
     assert '"y": [0, 1, 2]' in text and "[0.25, 0.75]" in text and '"ok": [true, null]' in text
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # readable by others, like any result file
+
+
+def test_confusion_counts_match_a_hand_computed_matrix():
+    from core.metrics import confusion
+
+    y, pred = [0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 0]
+    expected = [[1, 1, 0, 0], [1, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]  # class 3 absent: still a row and column
+    assert confusion(y, pred, 4).tolist() == expected
+
+
+def test_pbc_driver_on_demo(tmp_path, monkeypatch, one_thread):
+    from core.experiments import pbc as exp
+
+    monkeypatch.setattr(exp, "ROWS", [dataclasses.replace(r, config={**r.config, "epochs": 2}) for r in exp.ROWS])
+    figures = []
+    real_save = exp.save_figure
+    monkeypatch.setattr(exp, "save_figure", lambda fig, *a, **k: figures.append(fig) or real_save(fig, *a, **k))
+    get_experiment("pbc/cnn").run(out_dir=tmp_path, device="cpu", task="demo")
+    md = (tmp_path / "demo" / "cnn.md").read_text()
+    payload = json.loads((tmp_path / "demo" / "cnn.json").read_text())
+    assert "python train.py --experiment pbc/cnn --task demo" in md and "SYNTHETIC DATA" in md
+    assert "| CNN (image) |" in md and "## Per-class recall" in md and "Most frequent confusions" in md
+    for cls in ("alpha", "beta", "gamma", "delta"):
+        assert f"| {cls} |" in md
+    fmt = result_formats()[0]
+    assert (tmp_path / "demo" / f"cnn_confusion.{fmt}").exists() and f"cnn_confusion.{fmt}" in md
+    n_test = sum(run["n_test"] for run in payload["rows"][0]["runs"])
+    (fig,) = figures
+    assert fig.data[0].customdata.sum() == n_test == sum(map(sum, payload["confusion"]))

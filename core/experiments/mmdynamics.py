@@ -50,7 +50,7 @@ DERM_IMAGE_SIZE = 64
 KEY = "balanced_accuracy"
 
 
-def _one_cpu_thread(run):
+def one_cpu_thread(run):
     """Run an experiment with one intra-op thread when on a CPU (the previous count is restored)."""
 
     @functools.wraps(run)
@@ -66,7 +66,8 @@ def _one_cpu_thread(run):
     return wrapped
 
 
-def _static(mods: tuple[str, ...], train: dict) -> dict:
+def static_config(mods: tuple[str, ...], train: dict) -> dict:
+    """MM static with the seed study's fixed modality weights for these modalities."""
     return {**train, "modality_weights": {m: SEED_STATIC_WEIGHTS[m] for m in mods if m in SEED_STATIC_WEIGHTS}}
 
 
@@ -83,12 +84,13 @@ def _name(metric: str) -> str:
 
 
 # ----------------------------------------------------------------------------- cells
+PRI = ("protein", "rna", "image")
 IMAGE_ROWS = [
     Row("CNN (I)", "cnn", ("image",), CELLS_TRAIN),
     Row("MM dynamics R+I", "mm_dynamics", ("rna", "image"), CELLS_TRAIN),
     Row("MM dynamics P+I", "mm_dynamics", ("protein", "image"), CELLS_TRAIN),
     Row("MM dynamics P+R+I", "mm_dynamics", ("protein", "rna", "image"), CELLS_TRAIN),
-    Row("MM static P+R+I", "mm_static", ("protein", "rna", "image"), _static(("protein", "rna", "image"), CELLS_TRAIN)),
+    Row("MM static P+R+I", "mm_static", ("protein", "rna", "image"), static_config(PRI, CELLS_TRAIN)),
 ]
 
 
@@ -107,7 +109,7 @@ def image_findings(s: Table) -> str:
 
 
 @register_experiment("cells/image_dynamics", "cells: CNN (I), MM dynamics R+I / P+I / P+R+I, MM static P+R+I")
-@_one_cpu_thread
+@one_cpu_thread
 def cells_image_dynamics(out_dir="results", device="auto", data_dir=None, progress=False,
         task="cells") -> list[Path]:
     name = "cells/image_dynamics"
@@ -122,8 +124,8 @@ MASKED_ROWS = [
     Row("MM dynamics P+R+I", "mm_dynamics", ("protein", "rna", "image"), CELLS_TRAIN),
     Row("MM dynamics P+R+I*", "mm_dynamics", ("protein", "rna", "image"), CELLS_TRAIN, mask=GRAY),
     Row("MM dynamics P+R", "mm_dynamics", ("protein", "rna"), CELLS_TRAIN),
-    Row("MM static P+R+I", "mm_static", ("protein", "rna", "image"), _static(("protein", "rna", "image"), CELLS_TRAIN)),
-    Row("MM static P+R+I*", "mm_static", ("protein", "rna", "image"), _static(("protein", "rna", "image"), CELLS_TRAIN),
+    Row("MM static P+R+I", "mm_static", ("protein", "rna", "image"), static_config(PRI, CELLS_TRAIN)),
+    Row("MM static P+R+I*", "mm_static", ("protein", "rna", "image"), static_config(PRI, CELLS_TRAIN),
         mask=GRAY),
 ]
 
@@ -147,7 +149,7 @@ def masked_findings(s: Table) -> str:
 
 
 @register_experiment("cells/masked_image", "cells: image masked gray at test time (MM dynamics, MM static) vs P+R")
-@_one_cpu_thread
+@one_cpu_thread
 def cells_masked_image(out_dir="results", device="auto", data_dir=None, progress=False,
         task="cells") -> list[Path]:
     name = "cells/masked_image"
@@ -183,7 +185,7 @@ def ablation_findings(s: Table) -> str:
 
 
 @register_experiment("cells/ablation_fi_mi", "cells: MM dynamics on R+P with FI / MI switched on and off (+ figure)")
-@_one_cpu_thread
+@one_cpu_thread
 def cells_ablation(out_dir="results", device="auto", data_dir=None, progress=False,
         task="cells") -> list[Path]:
     name = "cells/ablation_fi_mi"
@@ -223,7 +225,7 @@ def rosmap_findings(s: Table, seconds: float) -> str:
 
 
 @register_experiment("rosmap/mmdynamics", "rosmap: MM dynamics and MM static, MOGONET split and 5 x 70/30")
-@_one_cpu_thread
+@one_cpu_thread
 def rosmap_mmdynamics(out_dir="results", device="auto", data_dir=None, progress=False,
         task="rosmap") -> list[Path]:
     td = get_task(task, data_dir)
@@ -260,7 +262,7 @@ def derm_findings(s: Table, n_without_clinic: int) -> str:
 
 
 @register_experiment("derm7pt/image_dynamics", "derm7pt: Image MM dynamics and MM static, clinical + dermoscopic")
-@_one_cpu_thread
+@one_cpu_thread
 def derm_image_dynamics(out_dir="results", device="auto", data_dir=None, progress=False,
         task="derm7pt") -> list[Path]:
     name = "derm7pt/image_dynamics"
@@ -310,7 +312,7 @@ def schedule_findings(s: Table, folds: int, n: int) -> str:
 
 @register_experiment("rosmap/schedule_cv", "rosmap: MM dynamics' reference schedule vs variants, 5-fold CV on the "
                                            "training part only")
-@_one_cpu_thread
+@one_cpu_thread
 def rosmap_schedule_cv(out_dir="results", device="auto", data_dir=None, progress=False,
         task="rosmap") -> list[Path]:
     td = get_task(task, data_dir)

@@ -18,16 +18,17 @@ from core.train.output import ModelOutput
 @dataclass
 class CNNConfig(DeepConfig):
     latent: int = 500
+    hidden: int = 256  # width of the encoder's first fully connected layer (most of the model's weights)
     dropout: float = 0.5
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, batch_size=32, lr=1e-3, patience=15,
                                                                    augment=True))
 
 
 class CNNNet(Net):
-    def __init__(self, modality: str, in_channels: int, n_classes: int, latent: int, dropout: float):
+    def __init__(self, modality: str, in_channels: int, n_classes: int, latent: int, dropout: float, hidden: int):
         super().__init__()
         self.modality = modality
-        self.encoder = SmallCNN(in_channels, latent, dropout=dropout)
+        self.encoder = SmallCNN(in_channels, latent, hidden=hidden, dropout=dropout)
         self.classifier = nn.Linear(latent, n_classes)
 
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
@@ -47,4 +48,5 @@ class CNN(TorchMethod):
 
     def build_net(self) -> Net:
         (m, spec), = self.specs.items()
-        return CNNNet(m, spec.image_shape[0], self.n_classes, self.config.latent, self.config.dropout)
+        return CNNNet(m, spec.image_shape[0], self.n_classes, self.config.latent, self.config.dropout,
+                      self.config.hidden)
