@@ -4,12 +4,18 @@ Examples:
   python train.py --task cells --method early_lr --modalities rna,protein
   python train.py --task rosmap --method late_mlp --epochs 50 --seeds 0,1
   python train.py --experiment cells/image_dynamics     # a named reproduction table
+  python train.py --release [--task pbc]                # train the shipped models into checkpoints/
+  python train.py --evaluate checkpoints/pbc/cnn --data-dir my_images/   # class sub-folders
+  python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells.h5mu --label lineage
+  python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells  # its own test split
+  python train.py --predict checkpoints/pbc/cnn --data-dir unlabelled_images/
   python train.py --list
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -59,8 +65,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "sets the 'train' stage); repeatable")
     p.add_argument("--mask", action="append", default=[], metavar="MODALITY=MODE", help="mask at test time")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--data-dir", help="data root (else $MMX_DATA_DIR, ./data, ../shared/data)")
+    p.add_argument("--data-dir", help="data root (else $MMX_DATA_DIR, ./data, ../shared/data); with --evaluate or "
+                   "--predict: the data to score, an image folder (root/<class>/<image>), a CSV, .h5ad or .h5mu "
+                   "file, or a task name (its test split)")
     p.add_argument("--out", default="results", help="results folder (default: results)")
+    p.add_argument("--release", action="store_true", help="train the shipped models (all, or --task's) into "
+                   "--checkpoint-dir; folders whose card matches the code and data are kept")
+    p.add_argument("--checkpoint-dir", default=None, help="where --release writes (default: checkpoints/)")
+    p.add_argument("--evaluate", metavar="CHECKPOINT", help="score a checkpoint folder on --data-dir (labelled)")
+    p.add_argument("--predict", metavar="CHECKPOINT", help="class probabilities of a checkpoint on --data-dir "
+                   "(no labels needed), written as CSV")
+    p.add_argument("--label", help="with --evaluate: the label column of a CSV / AnnData (default: a usual name)")
+    p.add_argument("--modality", help="with --evaluate / --predict: the model's modality an image folder or a "
+                   "single table feeds (default: found by kind and feature names)")
     p.add_argument("--name", help="experiment name for the output files")
     p.add_argument("--experiment", help="run a named reproduction experiment (see --list)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
@@ -87,12 +104,66 @@ def list_all() -> None:
         print(f"  {e.name:<28} {e.description}")
 
 
+def run_release(args: argparse.Namespace, command: str) -> int:
+    from core.paths import checkpoints_dir
+    from core.release import release, table
+
+    start = time.perf_counter()
+    out = release(args.task, args.checkpoint_dir or checkpoints_dir(), device=args.device, data_dir=args.data_dir,
+                  epochs=args.epochs, progress=True, command=command)
+    print(table(out))
+    print(f"{sum(o.status == 'trained' for o in out)} trained, {sum(o.status == 'kept' for o in out)} kept, "
+          f"{time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``--evaluate`` / ``--predict``: a checkpoint on ``--data-dir`` (the data to score here)."""
+    from pathlib import Path
+
+    from core.checkpoint import load_checkpoint
+    from core.evaluate import evaluate, predict
+    from core.metrics import LABELS, SIX
+    from core.train.results import atomic_write_text, write_json
+
+    if args.evaluate and args.predict:
+        raise MMXError("give --evaluate or --predict, not both")
+    if not args.data_dir:
+        raise MMXError("give the data to score with --data-dir (a folder, a CSV / .h5ad / .h5mu file, or a task name)")
+    folder = Path(args.evaluate or args.predict)
+    device = "cpu" if args.device == "auto" else args.device
+    method = load_checkpoint(folder, device)
+    options = dict(label_column=args.label, modality=args.modality)
+    stem = Path(args.out) / f"{'evaluate' if args.evaluate else 'predict'}_{folder.parent.name}_{folder.name}"
+    if args.predict:
+        frame, notes = predict(method, args.data_dir, **options)
+        print("\n".join(notes))
+        atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.6f"))
+        print(frame.head(10).to_string(index=False))
+        print(f"wrote {stem.with_suffix('.csv')} ({len(frame)} samples)")
+        return 0
+    result = evaluate(method, args.data_dir, **options)
+    print("\n".join(result["notes"]))
+    print(f"{result['model']} on {result['source']}: {result['n']} samples, classes present: "
+          f"{', '.join(result['classes_present'])}")
+    for key in SIX + ("auroc",):
+        print(f"  {LABELS[key]:<22} {100 * result['metrics'][key]:6.2f}")
+    write_json(stem.with_suffix(".json"), result)
+    print(f"wrote {stem.with_suffix('.json')}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         if args.list:
             list_all()
             return 0
+        if args.release:
+            return run_release(args, "python train.py " + shlex.join(argv))
+        if args.evaluate or args.predict:
+            return run_evaluate(args)
         if args.experiment:
             from core.experiments import get_experiment
 

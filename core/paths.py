@@ -31,3 +31,8 @@ def cache_dir() -> Path:
     d = Path(os.environ.get("MMX_CACHE_DIR") or Path.home() / ".cache" / "mmx")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def checkpoints_dir() -> Path:
+    """Where the shipped checkpoints live (``$MMX_CHECKPOINTS`` or ``checkpoints/`` in the repository)."""
+    return Path(os.environ.get("MMX_CHECKPOINTS") or REPO_ROOT / "checkpoints")

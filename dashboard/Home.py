@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from common import available_tasks, data_banner, figure, list_tasks, load_task, show_error
+from common import available_tasks, data_banner, figure, list_tasks, load_task, shipped_models, show_error
 
 from core.viz.overview import class_counts_figure
 
@@ -31,10 +31,35 @@ for info in list_tasks():
             row["available"] = False
     rows.append(row)
 
+st.subheader("Shipped models")
+models = shipped_models()
+if not models:
+    st.info("No trained models in `checkpoints/` yet: `python train.py --release` trains them (about 20 min on a "
+            "2-core CPU).")
+else:
+    shipped = pd.DataFrame([{
+        "task": m.task, "model": m.name, "method": (m.card or {}).get("method", ""),
+        "modalities": " + ".join(m.modalities), "title": (m.card or {}).get("title", ""),
+        "test samples": (m.card or {}).get("sizes", {}).get("test"),
+        "accuracy %": round(100 * m.metrics["accuracy"], 1) if "accuracy" in m.metrics else None,
+        "balanced accuracy %": round(100 * m.metrics["balanced_accuracy"], 1) if m.metrics else None,
+        "F1 weighted %": round(100 * m.metrics["f1_weighted"], 1) if m.metrics else None,
+        "size MB": round(m.size_bytes / 1e6, 2), "research only": m.research_only,
+        "synthetic": bool((m.card or {}).get("synthetic")), "problem": m.error or "",
+    } for m in models])
+    st.dataframe(shipped, hide_index=True, width="stretch")
+    st.download_button("Download table (CSV)", shipped.to_csv(index=False), "shipped_models.csv", "text/csv",
+                       key="shipped-csv")
+    st.caption("Metrics are on each model's held-out test split (its card says which). Models trained on Derm7pt are "
+               "for research use only, as the Derm7pt images are.")
+    for m in models:
+        if m.error:
+            st.error(f"{m.task}/{m.name}: {m.error}")
+
 st.subheader("Tasks found")
 table = pd.DataFrame(rows)
 st.dataframe(table, hide_index=True, width="stretch")
-st.download_button("Download table (CSV)", table.to_csv(index=False), "tasks.csv", "text/csv")
+st.download_button("Download table (CSV)", table.to_csv(index=False), "tasks.csv", "text/csv", key="tasks-csv")
 if "demo" in available:
     st.caption("`demo` is **synthetic** data generated for tests and for machines without data.")
 

@@ -14,11 +14,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit ru
 from core.data.tasks import TaskData, get_task, list_tasks  # noqa: E402
 from core.errors import MMXError  # noqa: E402
 from core.paths import data_root  # noqa: E402
+from core.shipped import ShippedModel, available, load  # noqa: E402
 
 
 @st.cache_resource(show_spinner="Loading data…")
 def load_task(name: str) -> TaskData:
     return get_task(name)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def load_model(task: str, name: str):
+    """A shipped model, loaded once per process and shared by every session: never mutate it."""
+    return load(task, name)
+
+
+def shipped_models() -> list[ShippedModel]:
+    return available()
 
 
 def available_tasks() -> list[str]:

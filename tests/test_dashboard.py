@@ -1,6 +1,7 @@
 """The dashboard runs: Streamlit's AppTest for each page, and one real-browser check."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,13 +18,27 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_home_lists_tasks(data_dir):
+def _table_with(at, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def test_home_lists_tasks_and_shipped_models(data_dir):
     at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
     assert not at.exception
-    table = at.dataframe[0].value
+    table = _table_with(at, "available")
     assert set(table["task"]) >= {"cells", "rosmap", "derm7pt", "pbc", "demo"}
     cells = table.set_index("task").loc["cells"]
     assert cells["available"] and cells["samples"] == 600
+    shipped = _table_with(at, "balanced accuracy %").set_index(["task", "model"])
+    card = json.loads((ROOT / "checkpoints" / "pbc" / "cnn" / "card.json").read_text())
+    assert shipped.loc[("pbc", "cnn"), "accuracy %"] == round(100 * card["metrics"]["accuracy"], 1)
+    assert shipped.loc[("derm7pt", "cnn"), "research only"] and not shipped.loc[("pbc", "cnn"), "research only"]
+
+
+def test_home_without_models_says_how_to_train_them(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMX_CHECKPOINTS", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
+    assert not at.exception and any("train.py --release" in i.value for i in at.info)
 
 
 def test_home_without_data_says_synthetic(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ LAYERS = (
     ("core.data",),
     ("core.train",),
     ("core.models",),
-    ("core.explain", "core.checkpoint", "core.viz"),
-    ("core.experiments",),
+    ("core.explain", "core.checkpoint", "core.viz", "core.shipped", "core.evaluate"),
+    ("core.experiments", "core.release"),
 )
 
 

@@ -1,0 +1,68 @@
+"""The shipped models: ``checkpoints/<task>/<name>/``, listed and loaded by name.
+
+One loader for everyone (the CLI, the dashboard, a notebook)::
+
+    from core.shipped import available, load
+    for m in available(): print(m.task, m.name, m.metrics["accuracy"])
+    model = load("pbc", "cnn")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.checkpoint import CARD, load_checkpoint, read_card
+from core.errors import MMXError
+from core.paths import checkpoints_dir
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A checkpoint folder and its card (``card`` is None and ``error`` says why when the card
+    cannot be read: a listing never hides a broken folder)."""
+
+    task: str
+    name: str
+    folder: Path
+    card: dict | None
+    error: str | None = None
+
+    @property
+    def metrics(self) -> dict:
+        return (self.card or {}).get("metrics", {})
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m["name"] for m in (self.card or {}).get("modalities", []))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    @property
+    def research_only(self) -> bool:
+        return bool((self.card or {}).get("data", {}).get("research_only"))
+
+
+def available(root: str | Path | None = None) -> list[ShippedModel]:
+    """Every checkpoint folder under ``root`` (default :func:`core.paths.checkpoints_dir`), sorted."""
+    root = Path(root) if root is not None else checkpoints_dir()
+    out = []
+    for card in sorted(root.glob(f"*/*/{CARD}")):
+        folder = card.parent
+        try:
+            out.append(ShippedModel(folder.parent.name, folder.name, folder, read_card(folder)))
+        except MMXError as e:
+            out.append(ShippedModel(folder.parent.name, folder.name, folder, None, str(e)))
+    return out
+
+
+def load(task: str, name: str, device: str = "cpu", root: str | Path | None = None):
+    """The fitted method of checkpoint ``<root>/<task>/<name>`` (hashes verified, nothing unpickled)."""
+    root = Path(root) if root is not None else checkpoints_dir()
+    folder = root / task / name
+    if not (folder / CARD).is_file():
+        names = [f"{m.task}/{m.name}" for m in available(root)]
+        raise MMXError(f"no shipped model {task}/{name}; available: {names or 'none (run train.py --release)'}",
+                       folder)
+    return load_checkpoint(folder, device)
