@@ -38,13 +38,13 @@ if not models:
             "2-core CPU).")
 else:
     shipped = pd.DataFrame([{
-        "task": m.task, "model": m.name, "method": (m.card or {}).get("method", ""),
-        "modalities": " + ".join(m.modalities), "title": (m.card or {}).get("title", ""),
-        "test samples": (m.card or {}).get("sizes", {}).get("test"),
+        "task": m.task, "model": m.name, "modalities": " + ".join(m.modalities),
         "accuracy %": round(100 * m.metrics["accuracy"], 1) if "accuracy" in m.metrics else None,
         "balanced accuracy %": round(100 * m.metrics["balanced_accuracy"], 1) if m.metrics else None,
         "F1 weighted %": round(100 * m.metrics["f1_weighted"], 1) if m.metrics else None,
+        "test samples": (m.card or {}).get("sizes", {}).get("scored"),
         "size MB": round(m.size_bytes / 1e6, 2), "research only": m.research_only,
+        "method": (m.card or {}).get("method", ""), "title": (m.card or {}).get("title", ""),
         "synthetic": bool((m.card or {}).get("synthetic")), "problem": m.error or "",
     } for m in models])
     st.dataframe(shipped, hide_index=True, width="stretch")

@@ -96,6 +96,7 @@ def test_home_in_real_browser(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server)
+            page.get_by_text("Shipped models", exact=True).wait_for(timeout=60_000)
             page.get_by_text("Tasks found", exact=True).wait_for(timeout=60_000)
             page.get_by_text("Class counts of").wait_for(timeout=60_000)
             page.wait_for_selector("[data-testid='stDataFrame']", timeout=60_000)
