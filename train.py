@@ -124,6 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from core.checkpoint import load_checkpoint
     from core.evaluate import evaluate, predict
     from core.metrics import LABELS, SIX
+    from core.train.device import resolve_device
     from core.train.results import atomic_write_text, write_json
 
     if args.evaluate and args.predict:
@@ -131,8 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.data_dir:
         raise MMXError("give the data to score with --data-dir (a folder, a CSV / .h5ad / .h5mu file, or a task name)")
     folder = Path(args.evaluate or args.predict)
-    device = "cpu" if args.device == "auto" else args.device
-    method = load_checkpoint(folder, device)
+    method = load_checkpoint(folder, str(resolve_device(args.device)))
     options = dict(label_column=args.label, modality=args.modality)
     stem = Path(args.out) / f"{'evaluate' if args.evaluate else 'predict'}_{folder.parent.name}_{folder.name}"
     if args.predict:

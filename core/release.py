@@ -137,14 +137,16 @@ def _plain(o):
     return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else list(o)
 
 
-def data_terms(task: str) -> dict:
-    """Source and licence of the data a task reads, from each folder's SOURCE.md."""
+def data_terms(task: str, data_dir: str | Path | None = None) -> dict:
+    """Source and licence of the data a task reads, from the SOURCE.md of each folder it reads
+    (or of the nearest folder above it, e.g. derm7pt/ for derm7pt/release_v0)."""
     info = next(t for t in list_tasks() if t.name == task)
-    root = data_root()
+    root = data_root(data_dir)
     sources = []
     for folder in info.requires:
-        path = root / folder / "SOURCE.md" if root else None
-        if path is None or not path.is_file():
+        candidates = [root / folder, *(root / up for up in Path(folder).parents if up != Path("."))] if root else []
+        path = next((c / "SOURCE.md" for c in candidates if (c / "SOURCE.md").is_file()), None)
+        if path is None:
             sources.append({"folder": folder, "title": "", "licence": "SOURCE.md not found"})
             continue
         text = path.read_text()
@@ -213,7 +215,7 @@ def release_one(entry: Release, out_root: str | Path = "checkpoints", *, device:
         "class_counts": ds.class_counts(),
         "test_per_class": scored["per_class"],
         "synthetic": bool(ds.synthetic),
-        "data": data_terms(entry.task) if not ds.synthetic else {"sources": [], "research_only": False,
+        "data": data_terms(entry.task, data_dir) if not ds.synthetic else {"sources": [], "research_only": False,
                                                                  "terms": "SYNTHETIC demo data"},
         "command": command,
         "release": {"key": key, "code": code},

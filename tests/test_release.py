@@ -86,6 +86,7 @@ def test_shipped_model_loads_predicts_and_gives_back_its_card_metrics(key, data_
     card = model.card
     assert CARD_FIELDS <= set(card) and not card["synthetic"]
     assert card["data"]["sources"] and card["data"]["research_only"] == (task == "derm7pt")
+    assert all(s["title"] and s["licence"] != "SOURCE.md not found" for s in card["data"]["sources"])
     td = _task_of(card)
     assert card["data_hash"] == td.dataset.data_hash(), "the data changed since this model was trained"
     split = td.splits[card["split"]["scheme"]][card["split"]["index"]]
