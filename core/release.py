@@ -128,11 +128,6 @@ def overrides(entry: Release, epochs: int | None = None) -> dict:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
-def resolved_config(entry: Release, epochs: int | None = None) -> dict:
-    """The entry's full config as JSON (what the release key hashes)."""
-    return json.loads(json.dumps(overrides(entry, epochs), default=_plain))
-
-
 def _plain(o):
     return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else list(o)
 
@@ -193,7 +188,8 @@ def release_one(entry: Release, out_root: str | Path = "checkpoints", *, device:
         raise MMXError(f"task {entry.task!r} has no modalities {missing} (release entry {entry.name!r})")
     scheme = td.default_split
     split = td.splits[scheme][0]
-    config = resolved_config(entry, epochs)
+    settings = overrides(entry, epochs)
+    config = json.loads(json.dumps(settings, default=_plain))
     code = code or code_hash()
     key = hashlib.sha256(json.dumps({"method": entry.method, "modalities": mods, "config": config,
                                      "split": split.name, "task_options": entry.task_options()},
@@ -202,7 +198,7 @@ def release_one(entry: Release, out_root: str | Path = "checkpoints", *, device:
     data_hash = ds.data_hash()
     if _fresh(folder, key, code, data_hash):
         return Outcome(entry, "kept", read_card(folder), folder)
-    method = get_method(entry.method, {m: ds.specs[m] for m in mods}, ds.classes, **overrides(entry, epochs))
+    method = get_method(entry.method, {m: ds.specs[m] for m in mods}, ds.classes, **settings)
     method.fit(ds, split, seed=split.seed, device=device, progress=progress)
     scored = score(method, ds, split.test)
     trained_on = len(loop.training_rows(split.train, split.val, getattr(method.config, "train", None)))
