@@ -1,4 +1,5 @@
-"""What every page shares: cached task loading, the data-root banner, error display.
+"""What every page shares: cached loading (models and cohorts once per process, shared by all
+sessions: never mutate them), the data-root banner, figure and table export, error display.
 
 Pages stay thin: they read inputs, call ``core`` and show figures from ``core.viz``.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run dashboard/Home.py` from anywhere
@@ -28,6 +30,14 @@ def load_model(task: str, name: str):
     return load(task, name)
 
 
+@st.cache_resource(show_spinner="Loading the model's test split…")
+def load_cohort(task: str, name: str):
+    """The test split the model's card was scored on (shared: never mutate)."""
+    from core.explain.sample import heldout_cohort
+
+    return heldout_cohort(load_model(task, name))
+
+
 def shipped_models() -> list[ShippedModel]:
     return available()
 
@@ -47,21 +57,30 @@ def data_banner() -> None:
         st.caption(f"Data root: `{root}`")
 
 
-def figure(fig, name: str) -> None:
-    """Show a plotly figure with PNG, SVG and interactive-HTML downloads (rendered on click)."""
+def figure(fig, name: str, key: str | None = None, **chart) -> dict | None:
+    """Show a plotly figure with PNG, SVG and interactive-HTML downloads (rendered on click).
+    ``chart`` goes to ``st.plotly_chart`` (e.g. ``on_select``); its selection event is returned."""
     from core.viz.export import figure_bytes, static_export_available
 
-    st.plotly_chart(fig, width="stretch")
-    cols = st.columns([1, 1, 1, 6])
+    event = st.plotly_chart(fig, width="stretch", key=key, **chart)
+    cols = st.columns([1, 1, 1, 5])
     formats = [("HTML", "html", "text/html")]
     if static_export_available():
         formats += [("PNG", "png", "image/png"), ("SVG", "svg", "image/svg+xml")]
     for col, (label, fmt, mime) in zip(cols, formats):
         col.download_button(label, lambda fmt=fmt: figure_bytes(fig, fmt), f"{name}.{fmt}", mime,
-                            key=f"{name}-{fmt}", on_click="ignore")
+                            key=f"{name}-{fmt}", on_click="ignore", icon=":material/download:")
     if len(formats) == 1:
         cols[1].caption("PNG/SVG export needs Chromium on this machine (`bash setup.sh --test` installs it); "
                         "the chart toolbar's camera button saves a PNG.")
+    return event if chart.get("on_select") else None
+
+
+def table(frame: pd.DataFrame, name: str, **options) -> None:
+    """Show a table with a CSV download."""
+    st.dataframe(frame, hide_index=True, width="stretch", **options)
+    st.download_button("CSV", frame.to_csv(index=False), f"{name}.csv", "text/csv", key=f"{name}-csv",
+                       on_click="ignore", icon=":material/download:")
 
 
 def show_error(e: Exception) -> None:

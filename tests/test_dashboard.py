@@ -1,6 +1,7 @@
 """The dashboard runs: Streamlit's AppTest for each page, and one real-browser check."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -48,6 +50,152 @@ def test_home_without_data_says_synthetic(tmp_path, monkeypatch):
     at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
     assert not at.exception
     assert any("synthetic" in w.value for w in at.warning)
+
+
+# ------------------------------------------------------------------ pages on the real data
+PAGES = ("pages/predict.py", "pages/informativeness.py", "pages/modality_weights.py")
+
+
+def _app(model: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=300).run()
+    assert not at.exception
+    if model:
+        at.selectbox(key="model").set_value(model).run()
+    return at
+
+
+def _page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _x(trace: dict) -> np.ndarray:
+    """A bar trace's values (plotly writes arrays as base64 typed arrays)."""
+    x = trace["x"]
+    return np.frombuffer(base64.b64decode(x["bdata"]), x["dtype"]) if isinstance(x, dict) else np.asarray(x)
+
+
+@pytest.mark.parametrize("model", ["cells/mm_dynamics", "derm7pt/mm_dynamics", "pbc/cnn",
+                                   "cells/guidance_rna_by_protein", "rosmap/mm_static", "cells/hypermm"])
+def test_every_page_renders_for_a_shipped_model(data_dir, model):
+    at = _app(model)
+    for page in PAGES:
+        _page(at, page)
+        assert not at.error, [e.value for e in at.error]
+    _page(at, "pages/predict.py")
+    assert _charts(at) and "Predicted class" in _metrics(at)
+    _page(at, "pages/informativeness.py")
+    if model.endswith("mm_dynamics"):
+        assert len(_charts(at)) >= 2  # a patch map or top features, and more
+    else:
+        assert any("learns no feature informativeness" in i.value for i in at.info)
+    _page(at, "pages/modality_weights.py")
+    effects = _table_with(at, "accuracy drop (pp)")
+    assert effects["switched off"].iloc[0] == "none" and effects["accuracy drop (pp)"].iloc[0] == 0
+
+
+def test_cells_image_is_said_to_be_class_matched(data_dir):
+    at = _page(_app("cells/mm_dynamics"), "pages/predict.py")
+    assert any("not a picture of this cell" in i.value for i in at.info)
+
+
+def test_toggling_a_modality_moves_the_probabilities(data_dir):
+    at = _page(_app("cells/mm_dynamics"), "pages/predict.py")
+    before = _charts(at)[0]["data"]
+    assert len(before) == 1 and _metrics(at)["Masked"] == "nothing masked"
+    at.toggle(key="on:rna").set_value(False).run()
+    after = _charts(at)[0]["data"]
+    assert len(after) == 2 and not np.allclose(_x(after[0]), _x(after[1]))  # masked beside unmasked, different
+    assert "Masked: predicted class" in _metrics(at)
+    at.selectbox(key="how:rna").set_value("mean").run()
+    mean = _x(_charts(at)[0]["data"][1])
+    assert not np.allclose(mean, _x(after[1]))  # another way of switching off, another answer
+    at.run()  # a full rerun keeps the toggles (they live in the session)
+    assert len(_charts(at)[0]["data"]) == 2
+
+
+def test_patch_slider_and_clicked_patches_change_the_image_prediction(data_dir):
+    at = _page(_app("derm7pt/mm_dynamics"), "pages/informativeness.py")
+    start = _metrics(at)
+    label = next(k for k in start if k.endswith("patches masked"))
+    assert label.startswith("0 ")
+    at.slider(key="k:clinic").set_value(128).run()
+    moved = _metrics(at)
+    assert "128 patches masked" in moved and moved["128 patches masked"] != start[label]
+    at.run()
+    at.session_state["map:derm7pt/mm_dynamics|test|0:clinic"] = {
+        "selection": {"points": [{"customdata": 5, "point_index": 5, "curve_number": 2}], "point_indices": [5],
+                      "box": [], "lasso": []}}
+    at.slider(key="k:clinic").set_value(0).run()
+    assert "1 patches masked" in _metrics(at)
+
+
+def _upload(at: AppTest, key: str, name: str, data: bytes, mime: str) -> AppTest:
+    at.file_uploader(key=key).set_value((name, data, mime)).run()
+    return at
+
+
+def test_uploaded_pbc_image_is_predicted(data_dir):
+    at = _page(_app("pbc/cnn"), "pages/predict.py")
+    at.radio(key="source").set_value("Upload").run()
+    image = sorted((data_dir / "blood_cells/pbc_acevedo2020").rglob("*.jpg"))[0]
+    _upload(at, "upload:pbc/cnn:image", image.name, image.read_bytes(), "image/jpeg")
+    _page(at, "pages/predict.py")
+    assert not at.error and _metrics(at)["Predicted class"] in json.loads(
+        (ROOT / "checkpoints/pbc/cnn/card.json").read_text())["classes"]
+
+
+@pytest.fixture(scope="module")
+def cite_upload(data_dir, tmp_path_factory):
+    """Three real cells' raw counts (RNA and protein) as one CSV and as an RNA-only .h5ad."""
+    import anndata as ad
+    import pandas as pd
+
+    from core.data.readers import read_h5ad
+    from core.data.tasks.cells import CITE, PROT_FILE, RNA_FILE
+
+    rna, prot = (read_h5ad(data_dir / CITE / f, layer="counts") for f in (RNA_FILE, PROT_FILE))
+    rows = [0, 200, 400]
+    r = pd.DataFrame(rna.X[rows], index=rna.ids[rows], columns=rna.features)
+    p = pd.DataFrame(prot.X[rows], index=prot.ids[rows], columns=prot.features)
+    folder = tmp_path_factory.mktemp("upload")
+    pd.concat([r, p[[c for c in p.columns if c not in r.columns]]], axis=1).rename_axis("cell_id").to_csv(
+        folder / "cells.csv")
+    ad.AnnData(r.to_numpy(), obs=pd.DataFrame(index=r.index), var=pd.DataFrame(index=r.columns)).write_h5ad(
+        folder / "cells.h5ad")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["cells.csv", "cells.h5ad"])
+def test_uploaded_expression_is_predicted_and_the_cell_picked(data_dir, cite_upload, name):
+    at = _page(_app("cells/mm_dynamics"), "pages/predict.py")
+    at.radio(key="source").set_value("Upload").run()
+    _upload(at, "upload:cells/mm_dynamics:table", name, (cite_upload / name).read_bytes(), "application/octet-stream")
+    assert not at.error, [e.value for e in at.error]
+    at.selectbox(key="cell:cells/mm_dynamics").set_value(2).run()
+    _page(at, "pages/predict.py")
+    assert "Predicted class" in _metrics(at)
+    warned = " ".join(w.value for w in at.warning)
+    assert "image** is absent" in warned and ("protein** is absent" in warned) == name.endswith(".h5ad")
+
+
+def test_corrupt_upload_shows_the_error_and_the_app_goes_on(data_dir):
+    at = _page(_app("pbc/cnn"), "pages/predict.py")
+    at.radio(key="source").set_value("Upload").run()
+    _upload(at, "upload:pbc/cnn:image", "broken.png", b"not an image at all", "image/png")
+    assert not at.exception and any("broken.png" in e.value for e in at.error)
+    at.radio(key="source").set_value("Test split").run()
+    _page(at, "pages/predict.py")
+    assert not at.error and "Predicted class" in _metrics(at)
 
 
 def _free_port() -> int:

@@ -43,6 +43,7 @@ class ExternalData:
     labelled: bool  # y holds real labels (else zeros)
     matches: dict[str, FeatureMatch]  # per omics modality read from a table
     notes: list[str]  # report lines
+    found_labels: np.ndarray | None = None  # a label column's raw values, read even when scoring unlabelled
 
 
 def read_external(source: str | Path, specs: dict[str, ModalitySpec], classes: tuple[str, ...], *,
@@ -84,7 +85,7 @@ def read_external(source: str | Path, specs: dict[str, ModalitySpec], classes: t
             notes.append(f"{m}: not in the upload: absent for every sample")
     ds = MultimodalDataset(name=f"external:{path.name}", modalities=modalities, present=present, y=y,
                            classes=tuple(classes), groups=ids.copy(), ids=ids, specs=dict(specs))
-    return ExternalData(ds, labelled, matches, notes)
+    return ExternalData(ds, labelled, matches, notes, None if labels is None else np.asarray(labels).astype(str))
 
 
 # ---------------------------------------------------------------- images

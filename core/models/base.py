@@ -60,6 +60,8 @@ class Method(ABC):
     Config: ClassVar[type] = MethodConfig
     #: modality kinds the method accepts; checked at construction
     kinds: ClassVar[tuple[str, ...]] = ("omics", "image")
+    #: what the method does with a modality a sample lacks (shown wherever a prediction is made without one)
+    native_absence: ClassVar[str] = "its inputs are zeroed and flagged absent"
 
     def __init__(self, specs: dict[str, ModalitySpec], classes: tuple[str, ...], config: MethodConfig):
         if not specs:
@@ -82,6 +84,20 @@ class Method(ABC):
         """Modalities a sample must have to be predicted (none by default: a method fills or
         skips an absent modality itself). A caller scoring many samples leaves the others out."""
         return ()
+
+    def predicts_from(self) -> tuple[str, ...]:
+        """Modalities a prediction reads (all by default); only these can be uploaded or masked."""
+        return tuple(self.specs)
+
+    def absence_handling(self) -> str:
+        """How a prediction treats an absent modality: the method's own handling, or the fill
+        its ``missing`` setting names (the network then cannot tell the fill from data)."""
+        fill = getattr(self.config, "missing", "native")
+        if fill == "native":
+            return self.native_absence
+        what = {"zeros": "zeros (after scaling)", "mean": "the training mean",
+                "gray": "uniform gray (images) or zeros (omics)"}[fill]
+        return f"filled with {what}, and the model is told it is present"
 
     @property
     def is_fitted(self) -> bool:

@@ -39,6 +39,7 @@ class CNNNet(Net):
 @register_method("cnn", CNNConfig, family="baseline", description="image-only small CNN on one image modality")
 class CNN(TorchMethod):
     kinds = ("image",)
+    native_absence = "impossible: the model has this one modality"
 
     def __init__(self, specs, classes, config):
         if len(specs) != 1:

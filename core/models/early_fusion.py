@@ -64,6 +64,7 @@ class EarlyFusionConfig(MethodConfig):
 
 
 class SklearnMethod(Method):
+    native_absence = "its features are zeroed (after scaling) in the concatenated vector"
     """Shared behaviour of the scikit-learn early-fusion methods; subclasses give the estimator
     (built from the config) and the grid searched over (config field -> candidate values)."""
 

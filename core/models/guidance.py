@@ -222,6 +222,8 @@ def freeze(module: nn.Module) -> None:
                  description="deep multimodal guidance: the inferior modality steered by a superior one "
                              "(needed only for training); predicts from the inferior modality alone")
 class GuidanceMethod(Method):
+    native_absence = "not used: the guided model predicts from its inferior modality alone"
+
     def __init__(self, specs: dict[str, ModalitySpec], classes: tuple[str, ...], config: GuidanceConfig):
         config = _resolve_roles(config, specs)
         super().__init__({m: specs[m] for m in (config.inferior, *config.superior)}, classes, config)
@@ -243,6 +245,9 @@ class GuidanceMethod(Method):
 
     def required_modalities(self) -> tuple[str, ...]:
         """The guided model predicts from the inferior modality alone, so a sample needs it."""
+        return (self.inferior,)
+
+    def predicts_from(self) -> tuple[str, ...]:
         return (self.inferior,)
 
     def module(self) -> nn.Module:

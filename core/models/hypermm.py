@@ -286,6 +286,8 @@ class SetClassifier(Net):
                  description="HyperMM: hypernetwork universal feature extractor + set classifier over the observed "
                              "modalities (no imputation)")
 class HyperMM(Method):
+    native_absence = "left out: the set classifier pools only the modalities present (no imputation)"
+
     def __init__(self, specs, classes, config: HyperMMConfig):
         super().__init__(specs, classes, config)
         if config.aggregation not in AGGREGATIONS:

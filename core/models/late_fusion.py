@@ -38,5 +38,7 @@ class LateFusionNet(Net):
 @register_method("late_mlp", LateMLPConfig, family="baseline",
                  description="late fusion: per-modality encoder + classifier, mean of logits over present modalities")
 class LateMLP(TorchMethod):
+    native_absence = "left out: the logits are averaged over the modalities present"
+
     def build_net(self) -> Net:
         return LateFusionNet(self.specs, self.n_classes, self.config.latent, self.config.dropout)

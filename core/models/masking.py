@@ -1,8 +1,9 @@
 """Test-time masking of any subset of modalities, on prepared inputs.
 
-Images: ``gray`` (uniform 0.5, the seed study's), ``zeros``, ``blur``, ``patches`` (listed
-patches set to gray) and ``topk`` (the k most informative patches by the model's own map set
-to gray). As text: ``gray``, ``topk:8``, ``patches:0,17,33``. Patches live on the model's own
+Images: ``gray`` (uniform 0.5, the seed study's), ``zeros``, ``blur``, ``mean`` (the training
+mean image), ``patches`` (listed patches filled, by default gray; ``keep=True`` fills every
+other patch instead) and ``topk`` (the k most informative patches by the model's own map
+filled). As text: ``gray``, ``topk:8``, ``patches:0,17,33``. Patches live on the model's own
 patch grid (its ``patch_size``; 4 px for models without one). Omics: ``zeros`` (after
 scaling) or ``mean`` (the training mean). Only the masked modalities change; presence is left
 as it is (masking is not missingness).
@@ -20,16 +21,20 @@ from core.errors import MMXError
 from core.models.unet_gate import expand_patches
 
 DEFAULT_PATCH = 4  # pixels per patch side for models without a patch grid of their own
-IMAGE_MODES = ("gray", "zeros", "blur", "patches", "topk")
+IMAGE_MODES = ("gray", "zeros", "blur", "mean", "patches", "topk")
+PATCH_FILLS = ("gray", "zeros", "blur", "mean")  # what a masked patch holds
 OMICS_MODES = ("zeros", "mean")
 
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """How to mask one modality. ``patches``: flat patch indices (row-major on the patch grid)."""
+    """How to mask one modality. ``patches``: flat patch indices (row-major on the patch grid);
+    ``fill``: what masked patches hold; ``keep``: mask every patch except the listed ones."""
 
     mode: str
     patches: tuple[int, ...] = ()
+    fill: str = "gray"
+    keep: bool = False
     k: int = 0
     patch_size: int | None = None  # None: the model's patch size
     blur_sigma: float = 3.0
@@ -67,8 +72,10 @@ def parse_mask(mask: dict[str, str | MaskSpec] | None, specs: dict[str, Modality
             raise MMXError(f"mask mode {spec.mode!r} is not valid for {specs[m].kind} {m!r}; use one of {allowed}")
         if spec.mode == "topk" and spec.k < 1:
             raise MMXError(f"mask {m}=topk needs k >= 1 patches (e.g. topk:8)")
-        if spec.mode == "patches" and not spec.patches:
+        if spec.mode == "patches" and not spec.patches and not spec.keep:
             raise MMXError(f"mask {m}=patches needs patch indices (e.g. patches:0,17)")
+        if spec.fill not in PATCH_FILLS:
+            raise MMXError(f"mask {m}: patch fill {spec.fill!r} is not one of {PATCH_FILLS}")
         if spec.mode == "topk" and patch_size is None:
             raise MMXError(f"top-k patch masking of {m!r} needs a model with a patch informativeness map")
         if spec.mode == "topk" and spec.patch_size not in (None, patch_size):
@@ -103,7 +110,19 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_m
     out = dict(x)
     for m, spec in mask.items():
         v = x[m]
-        if spec.mode == "zeros":
+        if spec.mode in ("patches", "topk"):
+            n, _, h, w = v.shape
+            p = spec.patch_size or DEFAULT_PATCH
+            if spec.mode == "patches":
+                idx = torch.tensor(spec.patches, device=v.device).long().expand(n, -1)
+            else:
+                if feature_maps is None or m not in feature_maps:
+                    raise MMXError(f"top-k patch masking of {m!r} needs a model with an informativeness map")
+                idx = top_patches(feature_maps[m], spec.k, p)
+            sel = patch_grid_mask(n, h, w, p, idx)
+            filled = apply_mask({m: v}, {m: MaskSpec(spec.fill, blur_sigma=spec.blur_sigma)}, training_mean)[m]
+            out[m] = torch.where(~sel if spec.keep else sel, filled, v)
+        elif spec.mode == "zeros":
             out[m] = torch.zeros_like(v)
         elif spec.mode == "mean":
             out[m] = training_mean(m).to(v).expand_as(v).clone()
@@ -115,15 +134,6 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_m
             side = min(v.shape[-2:])
             k = min(2 * int(3 * spec.blur_sigma) + 1, side if side % 2 else side - 1)  # the kernel must fit
             out[m] = gaussian_blur(v, [k, k], [spec.blur_sigma, spec.blur_sigma])
-        else:  # patches / topk
-            n, _, h, w = v.shape
-            p = spec.patch_size or DEFAULT_PATCH
-            if spec.mode == "patches":
-                idx = torch.tensor(spec.patches, device=v.device).long().expand(n, -1)
-            else:
-                if feature_maps is None or m not in feature_maps:
-                    raise MMXError(f"top-k patch masking of {m!r} needs a model with an informativeness map")
-                idx = top_patches(feature_maps[m], spec.k, p)
-            sel = patch_grid_mask(n, h, w, p, idx)
-            out[m] = torch.where(sel, torch.full_like(v, 0.5), v)
+        else:
+            raise MMXError(f"unknown mask mode {spec.mode!r}")
     return out

@@ -195,6 +195,8 @@ class MMStaticNet(Net):
 @register_method("mm_dynamics", DynamicsConfig, family="mm_dynamics",
                  description="MM dynamics: feature gates (U-Net patch gate for images) + TCP modality confidence")
 class MMDynamics(TorchMethod):
+    native_absence = "left out: its latent is zeroed before fusion and its confidence is not used"
+
     def build_net(self) -> Net:
         return MMDynamicsNet(self.specs, self.n_classes, self.config)
 
@@ -202,5 +204,7 @@ class MMDynamics(TorchMethod):
 @register_method("mm_static", StaticConfig, family="mm_dynamics",
                  description="MM static: MM dynamics encoders, fixed modality weights, concatenation")
 class MMStatic(TorchMethod):
+    native_absence = "left out: its latent is zeroed before the fused classifier"
+
     def build_net(self) -> Net:
         return MMStaticNet(self.specs, self.n_classes, self.config)

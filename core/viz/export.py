@@ -21,10 +21,12 @@ def static_export_available() -> bool:
         return False
 
 
-def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550) -> bytes:
-    """The figure as ``html``, ``png`` or ``svg`` bytes (PNG/SVG need :func:`static_export_available`)."""
+def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550, shared_js: bool = False) -> bytes:
+    """The figure as ``html``, ``png`` or ``svg`` bytes (PNG/SVG need :func:`static_export_available`).
+    HTML holds plotly.js (opens offline) unless ``shared_js``: then it loads ``plotly.min.js``
+    from its own folder (many figures in one zip share one copy)."""
     if fmt == "html":
-        return fig.to_html(include_plotlyjs=True, full_html=True).encode()  # plotly.js inside: opens offline
+        return fig.to_html(include_plotlyjs="directory" if shared_js else True, full_html=True).encode()
     if fmt in ("png", "svg"):
         if not static_export_available():
             raise RuntimeError("static export needs Chrome/Chromium on this machine (install chromium); "

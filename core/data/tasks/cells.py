@@ -23,6 +23,9 @@ from core.errors import MMXError
 CITE = "cite_bmmc"
 PBC = "blood_cells/pbc_acevedo2020"
 CLASSES = ("T", "B", "NK_ILC", "Myeloid", "Erythroid", "Progenitor")
+IMAGE_CAVEAT = ("The image is a blood-cell picture of the same class (from the PBC collection), not a picture of "
+                "this cell: RNA and protein were measured on cells that were never imaged. An image-based "
+                "explanation is about the class, not about this cell.")
 IMAGE_CLASS = {"T": "lymphocyte", "B": "lymphocyte", "NK_ILC": "lymphocyte", "Myeloid": "monocyte",
                "Erythroid": "erythroblast", "Progenitor": "ig"}
 PAIRING_SEED = 20261122

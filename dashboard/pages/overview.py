@@ -1,0 +1,72 @@
+"""Home: what the tool does and which tasks (data sets) this machine has."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from common import available_tasks, data_banner, figure, list_tasks, load_task, shipped_models, show_error
+from picker import sidebar
+
+from core.viz.overview import class_counts_figure
+
+sidebar(samples=False)
+st.title("Explainable multimodal classification")
+st.write(
+    "Train and compare multimodal classifiers on cells (RNA + protein + microscopy) and paired "
+    "medical images, and see *why* a model decided: informative patches, genes and proteins, "
+    "modality weights, masked or missing modalities, and guidance from an expensive modality."
+)
+data_banner()
+st.markdown("Pick a model and a sample in the sidebar (from the model's test split, or upload your own), then "
+            "open **Predict** to mask modalities and patches live, **Informativeness** for the patch map and the "
+            "informative genes and proteins, and **Modality weights** for how much each modality counted.")
+
+rows = []
+available = set(available_tasks())
+for info in list_tasks():
+    row = {"task": info.name, "description": info.description, "available": info.name in available}
+    if row["available"]:
+        try:
+            s = load_task(info.name).dataset.summary()
+            row.update(samples=s["samples"], classes=len(s["classes"]),
+                       modalities="; ".join(f"{m}: {d}" for m, d in s["modalities"].items()),
+                       groups=s["groups"], synthetic=s["synthetic"])
+        except Exception as e:  # a broken data folder must not take the page down
+            show_error(e)
+            row["available"] = False
+    rows.append(row)
+
+st.subheader("Shipped models")
+models = shipped_models()
+if not models:
+    st.info("No trained models in `checkpoints/` yet: `python train.py --release` trains them (about 20 min on a "
+            "2-core CPU).")
+else:
+    shipped = pd.DataFrame([{
+        "task": m.task, "model": m.name, "modalities": " + ".join(m.modalities),
+        "accuracy %": round(100 * m.metrics["accuracy"], 1) if "accuracy" in m.metrics else None,
+        "balanced accuracy %": round(100 * m.metrics["balanced_accuracy"], 1) if m.metrics else None,
+        "F1 weighted %": round(100 * m.metrics["f1_weighted"], 1) if m.metrics else None,
+        "test samples": (m.card or {}).get("sizes", {}).get("scored"),
+        "size MB": round(m.size_bytes / 1e6, 2), "research only": m.research_only,
+        "method": (m.card or {}).get("method", ""), "title": (m.card or {}).get("title", ""),
+        "synthetic": bool((m.card or {}).get("synthetic")), "problem": m.error or "",
+    } for m in models])
+    st.dataframe(shipped, hide_index=True, width="stretch")
+    st.download_button("Download table (CSV)", shipped.to_csv(index=False), "shipped_models.csv", "text/csv",
+                       key="shipped-csv")
+    st.caption("Metrics are on each model's held-out test split (its card says which). Models trained on Derm7pt are "
+               "for research use only, as the Derm7pt images are.")
+    for m in models:
+        if m.error:
+            st.error(f"{m.task}/{m.name}: {m.error}")
+
+st.subheader("Tasks found")
+table = pd.DataFrame(rows)
+st.dataframe(table, hide_index=True, width="stretch")
+st.download_button("Download table (CSV)", table.to_csv(index=False), "tasks.csv", "text/csv", key="tasks-csv")
+if "demo" in available:
+    st.caption("`demo` is **synthetic** data generated for tests and for machines without data.")
+
+choice = st.selectbox("Class counts of", [r["task"] for r in rows if r["available"]])
+if choice:
+    figure(class_counts_figure(load_task(choice).dataset), f"{choice}_class_counts")

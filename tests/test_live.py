@@ -1,0 +1,148 @@
+"""Live what-if predictions, cohort explanations, uploads and the sample report: the core calls
+behind the dashboard's pages, on the shipped models and the real data."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import MMXError
+from core.explain.cohort import class_top_features, cohort_explain, masking_effects, modality_weights
+from core.explain.live import Masking, live_predict, model_input, parse_patches, patch_ablation, patch_grid, patch_order
+from core.explain.sample import heldout_cohort, read_upload
+from core.models.masking import MaskSpec, apply_mask
+from core.shipped import load
+from core.viz.report import sample_report
+
+
+@pytest.fixture(scope="module")
+def cells_model(data_dir):
+    return load("cells", "mm_dynamics")
+
+
+@pytest.fixture(scope="module")
+def cells_cohort(cells_model):
+    return heldout_cohort(cells_model)
+
+
+def test_patch_masks_keep_fill_and_mean_image():
+    x = {"img": torch.rand(2, 3, 8, 8)}
+    mean = torch.full((3, 8, 8), 0.25)
+    keep = apply_mask(x, {"img": MaskSpec("patches", patches=(0,), patch_size=4, keep=True, fill="zeros")},
+                      lambda m: mean)["img"]
+    assert torch.equal(keep[:, :, :4, :4], x["img"][:, :, :4, :4]) and keep[:, :, 4:, :].abs().sum() == 0
+    masked = apply_mask(x, {"img": MaskSpec("patches", patches=(3,), patch_size=4, fill="mean")}, lambda m: mean)
+    assert torch.all(masked["img"][:, :, 4:, 4:] == 0.25) and torch.equal(masked["img"][:, :, :4], x["img"][:, :, :4])
+    assert torch.all(apply_mask(x, {"img": MaskSpec("mean")}, lambda m: mean)["img"] == 0.25)
+
+
+def test_patch_text_is_parsed_and_checked():
+    assert parse_patches("0-3, 7, 7", 16) == (0, 1, 2, 3, 7) and parse_patches("", 16) == ()
+    for bad in ("3-1", "16", "a"):
+        with pytest.raises(MMXError, match="patches"):
+            parse_patches(bad, 16)
+
+
+def test_switching_off_moves_the_prediction(cells_model, cells_cohort):
+    s = cells_cohort.sample(0)
+    same = live_predict(cells_model, s)
+    assert same.masked is same.unmasked
+    absent = live_predict(cells_model, s, Masking(off={"rna": "absent"}), unmasked=same.unmasked)
+    assert not np.allclose(absent.masked.proba, same.unmasked.proba)
+    assert np.isnan(absent.masked.modality_weights["rna"][0])  # an absent modality gets no confidence
+    masked = live_predict(cells_model, s, Masking(off={"rna": "mean"}))
+    assert not np.allclose(masked.masked.proba, absent.masked.proba)  # masking is not missingness
+    t = absent.table()
+    assert np.allclose(t["change (pp)"], 100 * (absent.masked.proba[0] - same.unmasked.proba[0]))
+    with pytest.raises(MMXError, match="at least one"):
+        live_predict(cells_model, s, Masking(off={m: "absent" for m in cells_model.specs}))
+
+
+def test_patch_ablation_starts_at_the_prediction_and_ends_all_gray(cells_model, cells_cohort):
+    s = cells_cohort.sample(1)
+    info = live_predict(cells_model, s).unmasked
+    rows, cols = patch_grid(cells_model, "image")
+    order = patch_order(cells_model, info, "image", "most")
+    grid = info.patch_maps["image"][0].ravel()
+    assert sorted(order.tolist()) == list(range(rows * cols)) and np.all(np.diff(grid[order]) <= 0)
+    curve = patch_ablation(cells_model, s, "image", "most", ks=[0, 5, rows * cols], unmasked=info)
+    target = int(info.proba[0].argmax())
+    assert curve["probability"].iloc[0] == pytest.approx(float(info.proba[0][target]))
+    gray = cells_model.predict(s.data, mask={"image": "gray"}).proba[0][target]
+    assert curve["probability"].iloc[-1] == pytest.approx(float(gray), abs=1e-5)
+    shown = model_input(cells_model, s, "image", Masking(patches={"image": tuple(order[:5].tolist())}))
+    assert shown.shape == (64, 64, 3) and (shown == 128).all(-1).sum() == 5 * 16
+
+
+def test_cohort_weights_effects_and_class_features(cells_model, cells_cohort):
+    info = cohort_explain(cells_model, cells_cohort)
+    w = modality_weights(info, cells_cohort.labels)
+    assert set(w["modality"]) == {"rna", "protein", "image"} and len(w) == 3 * len(cells_cohort.idx)
+    fx = masking_effects(cells_model, cells_cohort)
+    card = cells_model.card["metrics"]["accuracy"]
+    assert fx["accuracy"].iloc[0] == pytest.approx(card) and fx["accuracy drop (pp)"].iloc[0] == 0
+    rna = fx[fx["switched off"] == "rna"].set_index("how")
+    assert rna.loc["mean", "accuracy drop (pp)"] > 10  # the cells model leans on RNA
+    top = class_top_features(info, cells_cohort.labels, "B", "protein", 5)
+    b = info.feature_scores["protein"][cells_cohort.labels == "B"].mean(0)
+    assert top["informativeness"].iloc[0] == pytest.approx(b.max()) and top["samples"].iloc[0] == (
+        cells_cohort.labels == "B").sum()
+
+
+def test_guidance_is_masked_only_where_it_reads(data_dir):
+    model = load("cells", "guidance_rna_by_protein")
+    fx = masking_effects(model, heldout_cohort(model))
+    assert set(fx["switched off"]) == {"none", "rna"}
+    with pytest.raises(MMXError, match="predicts from"):
+        Masking(off={"protein": "zeros"}).mask_specs(model)
+
+
+def test_upload_pairs_an_image_with_every_cell_of_a_table(cells_model, cells_cohort, data_dir, tmp_path):
+    import pandas as pd
+
+    rna = cells_model.specs["rna"].feature_names
+    frame = pd.DataFrame(cells_cohort.data.modalities["rna"][cells_cohort.idx[:3]].numpy(), columns=list(rna))
+    frame.insert(0, "cell_id", ["a", "b", "c"])
+    frame = frame.drop(columns=list(rna[:10])).assign(unknown_gene=1.0)
+    image = sorted((data_dir / "blood_cells/pbc_acevedo2020").rglob("*.jpg"))[0]
+    up = read_upload(cells_model, images={"image": (image.name, image.read_bytes())},
+                     table=("mine.csv", frame.to_csv(index=False).encode()))
+    assert len(up.idx) == 3 and list(up.data.ids) == ["a", "b", "c"]
+    assert bool(up.data.present["image"].all()) and bool(up.data.present["rna"].all())
+    assert not bool(up.data.present["protein"].any())
+    report = " ".join(up.notes)
+    assert "10 missing and filled" in report and "1 unknown and ignored (e.g. unknown_gene)" in report
+    assert f"read from {image.name}" in report and "/tmp" not in report
+    assert any("protein: not uploaded" in n for n in up.notes)
+    one = up.sample(2)
+    assert one.id == "c" and set(one.digests) == {image.name, "mine.csv"}
+    filled = one.data.modalities["rna"][0, :10]
+    assert torch.allclose(filled, cells_model.prep.raw_training_mean("rna")[:10])
+    with pytest.raises(MMXError, match="broken.png"):
+        read_upload(cells_model, images={"image": ("broken.png", b"nope")})
+    with pytest.raises(MMXError, match="upload"):
+        read_upload(cells_model)
+
+
+def test_guidance_upload_needs_its_inferior_modality(data_dir):
+    model = load("cells", "guidance_image_by_rna+protein")
+    with pytest.raises(MMXError, match="upload it"):
+        read_upload(model, table=("x.csv", b"cell_id,CD3\na,1\n"))
+
+
+def test_report_zip_traces_the_figures_back(cells_model, cells_cohort):
+    s = cells_cohort.sample(0)
+    masking = Masking(off={"protein": "absent"}, patches={"image": (1, 2)})
+    z = zipfile.ZipFile(io.BytesIO(sample_report(cells_model, s, masking)))
+    names = set(z.namelist())
+    assert {"report.json", "probabilities.html", "probabilities_table.csv", "patch_map_image.html",
+            "top_rna_table.csv", "modality_weights.html", "plotly.min.js"} <= names
+    meta = json.loads(z.read("report.json"))
+    assert meta["masking"]["off"] == {"protein": "absent"} and meta["masking"]["patches"] == {"image": [1, 2]}
+    assert meta["model"]["name"] == "mm_dynamics" and meta["sample"]["id"] == s.id
+    assert meta["sample"]["input_sha256"]["data"] == s.data.data_hash()
+
