@@ -65,7 +65,7 @@ def live(cur: Current) -> None:
     c2.metric(f"p({before})", f"{100 * p_before:.1f}%")
     if masking.active:
         p_after = float(t.loc[t["class"] == before, "masked"].iloc[0])
-        c3.metric("Masked: predicted class", after, delta=f"p({before}) {100 * (p_after - p_before):+.1f} pp",
+        c3.metric("Masked: predicted class", after, delta=f"{100 * (p_after - p_before):+.1f} pp for {before}",
                   delta_color="normal" if after == before else "inverse")
     else:
         c3.metric("Masked", "nothing masked", help="switch a modality off or mask patches to compare")
