@@ -63,16 +63,16 @@ def figure(fig, name: str, key: str | None = None, **chart) -> dict | None:
     from core.viz.export import figure_bytes, static_export_available
 
     event = st.plotly_chart(fig, width="stretch", key=key, **chart)
-    cols = st.columns([1, 1, 1, 5])
+    row = st.container(horizontal=True)
     formats = [("HTML", "html", "text/html")]
     if static_export_available():
         formats += [("PNG", "png", "image/png"), ("SVG", "svg", "image/svg+xml")]
-    for col, (label, fmt, mime) in zip(cols, formats):
-        col.download_button(label, lambda fmt=fmt: figure_bytes(fig, fmt), f"{name}.{fmt}", mime,
+    for label, fmt, mime in formats:
+        row.download_button(label, lambda fmt=fmt: figure_bytes(fig, fmt), f"{name}.{fmt}", mime,
                             key=f"{name}-{fmt}", on_click="ignore", icon=":material/download:")
     if len(formats) == 1:
-        cols[1].caption("PNG/SVG export needs Chromium on this machine (`bash setup.sh --test` installs it); "
-                        "the chart toolbar's camera button saves a PNG.")
+        row.caption("PNG/SVG export needs Chromium on this machine (`bash setup.sh --test` installs it); "
+                    "the chart toolbar's camera button saves a PNG.")
     return event if chart.get("on_select") else None
 
 

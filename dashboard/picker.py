@@ -33,7 +33,7 @@ class Current:
 
 def _label(m: ShippedModel) -> str:
     acc = m.metrics.get("balanced_accuracy")
-    return f"{m.task} · {m.name}" + (f" (bal. acc. {100 * acc:.0f}%)" if acc is not None else "")
+    return f"{m.task} · {m.name}" + (f" · {100 * acc:.0f}%" if acc is not None else "")
 
 
 def _keep(*keys: str) -> None:
@@ -71,7 +71,8 @@ def sidebar(samples: bool = True) -> Current | None:
             st.caption("Open a page to pick a sample for this model.")
             return None
         method = load_model(shipped.task, shipped.name)
-        st.caption(f"{(shipped.card or {}).get('title', '')}. Trained on {shipped.task}; metrics on its test split.")
+        st.caption(f"{(shipped.card or {}).get('title', '')}. Trained on {shipped.task}; the % is its balanced "
+                   "accuracy on its test split.")
         if shipped.research_only:
             st.caption("Research use only (Derm7pt terms).")
         source = st.radio("Sample from", (TEST, UPLOAD), horizontal=True, key="source")
@@ -93,7 +94,7 @@ def _from_test(shipped: ShippedModel, method, key: str) -> Current:
     pick_key = f"sample:{key}"
     if st.session_state.get(pick_key) not in set(shown["position"]):
         st.session_state[pick_key] = int(shown["position"].iloc[0])
-    labels = dict(zip(frame["position"], frame["id"].astype(str) + " — " + frame["label"]))
+    labels = dict(zip(frame["position"], frame["label"] + " — " + frame["id"].astype(str)))
     pos = st.selectbox(f"Sample ({len(shown)} of {len(frame)})", shown["position"].tolist(),
                        format_func=labels.get, key=pick_key)
     return Current(shipped, method, cohort.sample(int(pos)), f"{key}|test|{pos}")
@@ -123,8 +124,8 @@ def _from_upload(shipped: ShippedModel, method, key: str) -> Current | None:
     pos = 0
     if len(cohort.idx) > 1:
         frame = cohort.table()
-        names = dict(zip(frame["position"], frame["id"].astype(str) + (" — " + frame["label"] if "label" in frame
-                                                                        else "")))
+        names = dict(zip(frame["position"], (frame["label"] + " — " if "label" in frame else "")
+                         + frame["id"].astype(str)))
         pos = st.selectbox(f"Cell ({len(frame)} in the file)", frame["position"].tolist(), format_func=names.get,
                            key=f"cell:{key}")
     sample = cohort.sample(int(pos))
@@ -136,16 +137,14 @@ def sample_header(cur: Current) -> None:
     s = cur.sample
     st.markdown(f"**{cur.model_key}** on sample **{s.id}**"
                 + (f", true class **{s.label}**" if s.label else ", true class unknown") + f" · {s.source}")
-    for note in s.notes:
-        if note.startswith("The image is"):
-            st.info(note, icon=":material/info:")
+    for note in s.caveats:
+        st.info(note, icon=":material/info:")
     absent = [m for m in cur.method.predicts_from() if m not in s.present]
     for m in absent:
         st.warning(f"**{m}** is absent in this sample: {cur.method.absence_handling()}.")
-    others = [n for n in s.notes if not n.startswith("The image is")]
-    if others:
+    if s.notes:
         with st.expander("What was read"):
-            st.dataframe(pd.DataFrame({"report": others}), hide_index=True, width="stretch")
+            st.dataframe(pd.DataFrame({"report": s.notes}), hide_index=True, width="stretch")
 
 
 def browse(cur: Current, per_page: int = 24) -> None:

@@ -42,7 +42,7 @@ def masking_effects(method: Method, cohort: Cohort) -> pd.DataFrame:
     and absent: the drop in points and the share of predictions that change."""
     y = cohort.data.y[cohort.idx].numpy()
     base = method.predict(cohort.data, cohort.idx).proba
-    rows = [_effect_row("none", "", y, base, base)]
+    rows = [_effect_row("none", "—", y, base, base)]
     needed = set(method.required_modalities())
     for m in method.predicts_from():
         mode = default_off(method, m)

@@ -28,7 +28,10 @@ PATCH_ORDERS = ("most", "least", "random")  # most / least informative first, or
 def off_modes(method: Method, modality: str) -> tuple[str, ...]:
     """How ``modality`` can be switched off: the masks of its kind, or left absent."""
     kind = method.specs[modality].kind
-    masks = tuple(m for m in IMAGE_MODES if m in PATCH_FILLS) if kind == "image" else OMICS_MODES
+    if kind == "image":
+        masks = tuple(m for m in IMAGE_MODES if m in PATCH_FILLS)
+    else:  # the training mean first: the same default as the cohort masking table
+        masks = tuple(sorted(OMICS_MODES, key=lambda m: m != "mean"))
     return (*masks, ABSENT)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from core.data.dataset import MultimodalDataset
 from core.data.external import read_external
-from core.data.tasks.cells import IMAGE_CAVEAT
+from core.data.tasks.cells import IMAGE_CAVEAT, UPLOAD_IMAGE_CAVEAT
 from core.errors import MMXError
 from core.evaluate import open_source, predictable
 from core.models.base import Method
@@ -35,8 +35,9 @@ class Sample:
     data: MultimodalDataset
     label: str | None
     source: str
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what reading found
     digests: dict[str, str] = field(default_factory=dict)  # input file -> sha256
+    caveats: tuple[str, ...] = ()  # what to know before reading an explanation of it
 
     @property
     def id(self) -> str:
@@ -60,6 +61,7 @@ class Cohort:
     source: str
     notes: list[str]
     labels: np.ndarray | None  # true class names per ``idx`` row, when known
+    caveats: list[str] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """One row per sample: its position in this cohort, id and true class."""
@@ -73,7 +75,7 @@ class Cohort:
             raise MMXError(f"sample {position} is out of range: {self.source} has {len(self.idx)} samples")
         row = int(self.idx[position])
         return Sample(self.data.subset([row]), None if self.labels is None else str(self.labels[position]),
-                      f"{self.source}, sample {self.data.ids[row]}", tuple(self.notes))
+                      self.source, tuple(self.notes), caveats=tuple(self.caveats))
 
 
 def heldout_cohort(method: Method, data_dir: str | Path | None = None) -> Cohort:
@@ -84,7 +86,8 @@ def heldout_cohort(method: Method, data_dir: str | Path | None = None) -> Cohort
     scored = open_source(method, card["task"], data_dir=data_dir)
     idx, _ = predictable(method, scored.data, scored.idx)
     labels = np.asarray(method.classes)[scored.data.y[torch.as_tensor(idx)].numpy()]
-    return Cohort(scored.data, idx, f"test split of {card['task']}", caveats(method) + scored.notes, labels)
+    return Cohort(scored.data, idx, f"test split of {card['task']}", scored.notes, labels,
+                  caveats(method, upload=False))
 
 
 def read_upload(method: Method, images: dict[str, tuple[str, bytes]] | None = None,
@@ -140,7 +143,7 @@ def read_upload(method: Method, images: dict[str, tuple[str, bytes]] | None = No
     data = MultimodalDataset(name="upload", modalities=modalities, present=present,
                              y=torch.zeros(n, dtype=torch.int64), classes=method.classes, groups=ids.copy(),
                              ids=ids, specs=dict(method.specs))
-    return _UploadCohort(data, np.arange(n), "upload", caveats(method) + notes, labels, digests)
+    return _UploadCohort(data, np.arange(n), "upload", notes, labels, caveats(method, upload=True), digests)
 
 
 @dataclass
@@ -149,8 +152,7 @@ class _UploadCohort(Cohort):
 
     def sample(self, position: int) -> Sample:
         s = super().sample(position)
-        return Sample(s.data, s.label, f"upload ({', '.join(self.digests)}), sample {s.id}", s.notes,
-                      dict(self.digests))
+        return Sample(s.data, s.label, f"upload of {', '.join(self.digests)}", s.notes, dict(self.digests), s.caveats)
 
 
 def _read(path: Path, name: str, method: Method, **options):
@@ -172,12 +174,12 @@ def _stage(tmp: str, slot: str, name: str, data: bytes, digests: dict[str, str])
     return path
 
 
-def caveats(method: Method) -> list[str]:
+def caveats(method: Method, upload: bool) -> list[str]:
     """What a user must know before reading an explanation of this model's predictions."""
     card = getattr(method, "card", None) or {}
     out = []
     if card.get("task") in ("cells", "demo") and "image" in method.specs:
-        out.append(IMAGE_CAVEAT)
+        out.append(UPLOAD_IMAGE_CAVEAT if upload else IMAGE_CAVEAT)
     if card.get("synthetic"):
         out.append("SYNTHETIC data: these numbers say nothing about real cells")
     return out

@@ -23,23 +23,27 @@ def probability_figure(classes: Sequence[str], proba: np.ndarray, masked: np.nda
         fig.add_bar(y=list(classes), x=masked, orientation="h", name="masked", marker_color="#F58518",
                     text=[f"{100 * p:.1f}%" for p in masked], textposition="auto")
     bars = len(classes) * (2 if masked is not None else 1)
-    fig.update_layout(title=title, barmode="group", xaxis=dict(title="probability", range=[0, 1]),
+    fig.update_layout(title=title, barmode="group", xaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
                       yaxis=dict(autorange="reversed"), height=110 + 34 * bars,
                       margin=dict(l=10, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
 
 
 def patch_map_figure(image: np.ndarray, grid: np.ndarray | None, patch: int, opacity: float = 0.5,
-                     selected: Sequence[int] = (), title: str = "", show_grid: bool = True) -> go.Figure:
+                     selected: Sequence[int] = (), title: str = "", show_grid: bool = True,
+                     stretch: bool = False) -> go.Figure:
     """The image (``H x W x 3`` uint8) under its patch map (``rows x cols`` in [0, 1]; None: no
-    map), on a fixed 0-1 colour scale so samples compare. One transparent marker per patch centre
-    (trace :data:`PATCH_TRACE`, ``customdata`` = flat patch index) makes patches clickable and
-    box-selectable; ``selected`` patches are crossed out."""
+    map), on a fixed 0-1 colour scale so samples compare (``stretch``: this map's own range, to
+    see its structure). One transparent marker per patch centre (trace :data:`PATCH_TRACE`,
+    ``customdata`` = flat patch index) makes patches clickable and selectable; ``selected``
+    patches are crossed out."""
     h, w = image.shape[:2]
     rows, cols = -(-h // patch), -(-w // patch)
     fig = go.Figure(go.Image(z=image, hoverinfo="skip"))
     if grid is not None:
-        fig.add_heatmap(z=grid, x0=(patch - 1) / 2, dx=patch, y0=(patch - 1) / 2, dy=patch, zmin=0, zmax=1,
+        lo, hi = (float(np.nanmin(grid)), float(np.nanmax(grid))) if stretch else (0.0, 1.0)
+        fig.add_heatmap(z=grid, x0=(patch - 1) / 2, dx=patch, y0=(patch - 1) / 2, dy=patch, zmin=lo,
+                        zmax=hi if hi > lo else lo + 1e-6,
                         colorscale=_SCALE, opacity=opacity, hoverinfo="skip",
                         colorbar=dict(title="informativeness", thickness=12, len=0.8))
     r, c = np.divmod(np.arange(rows * cols), cols)
@@ -63,15 +67,22 @@ def patch_map_figure(image: np.ndarray, grid: np.ndarray | None, patch: int, opa
         fig.update_layout(shapes=edges)
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
-    fig.update_layout(title=title, height=460, margin=dict(l=0, r=0, t=40, b=0), dragmode="select",
-                      clickmode="event+select")
+    # pan (not select) as the drag mode: Streamlit then keeps plotly's click-to-select; the image stays put
+    fig.update_xaxes(fixedrange=True)
+    fig.update_yaxes(fixedrange=True)
+    fig.update_layout(title=title, height=480, margin=dict(l=0, r=0, t=70, b=0))
     return fig
 
 
 def top_features_figure(frame: pd.DataFrame, title: str) -> go.Figure:
     """Bars of ``frame['informativeness']`` by ``frame['feature']``, the strongest on top."""
-    fig = go.Figure(go.Bar(y=frame["feature"], x=frame["informativeness"], orientation="h", marker_color="#54A24B"))
-    fig.update_layout(title=title, xaxis=dict(title="informativeness (gate value)"), yaxis=dict(autorange="reversed"),
+    v = frame["informativeness"].to_numpy(dtype=float)
+    lo = max(0.0, float(np.nanmin(v)) - 0.1 * (float(np.nanmax(v)) - float(np.nanmin(v)) + 1e-3)) if len(v) else 0.0
+    fig = go.Figure(go.Bar(y=frame["feature"], x=v, orientation="h", marker_color="#54A24B",
+                           text=[f"{x:.3f}" for x in v], textposition="inside"))
+    fig.update_layout(title=title, xaxis=dict(title="informativeness (gate value; axis starts at "
+                                                    f"{lo:.2f})", range=[lo, float(np.nanmax(v)) if len(v) else 1]),
+                      yaxis=dict(autorange="reversed"),
                       height=120 + 24 * len(frame), margin=dict(l=10, r=10, t=50, b=40))
     return fig
 
@@ -82,7 +93,9 @@ def patch_curve_figure(curves: pd.DataFrame, n_patches: int, current: int | None
     fig = px.line(curves, x="k", y="probability", color="order", markers=True,
                   labels={"k": "patches masked (k)", "probability": f"p({target})" if target else "probability"})
     if current is not None:
-        fig.add_vline(x=current, line_dash="dot", line_color="gray", annotation_text=f"k = {current}")
+        fig.add_vline(x=current, line_dash="dot", line_color="gray", annotation_text=f"k = {current}",
+                      annotation_position="bottom right")
+    fig.update_layout(showlegend=curves["order"].nunique() > 1, yaxis_tickformat=".0%")
     fig.update_layout(title=f"Patch ablation: probability of {target or 'the predicted class'}",
                       xaxis=dict(range=[0, n_patches]), yaxis=dict(range=[0, 1.02]), height=360,
                       margin=dict(l=10, r=10, t=50, b=40))
@@ -91,23 +104,27 @@ def patch_curve_figure(curves: pd.DataFrame, n_patches: int, current: int | None
 
 def modality_weights_figure(weights: dict[str, float], proba: dict[str, np.ndarray], classes: Sequence[str],
                             title: str = "Modality weights") -> go.Figure:
-    """Each modality's weight (TCP confidence or fixed weight) and its own classifier's top class."""
+    """Each modality's weight (TCP confidence or fixed weight) on its bar; its own classifier's top
+    class in the hover."""
     mods = list(weights)
-    labels = []
+    hover = []
     for m in mods:
         p = proba.get(m)
-        labels.append("absent" if np.isnan(weights[m]) else
-                      (f"{classes[int(np.nanargmax(p))]} {100 * np.nanmax(p):.0f}%" if p is not None else ""))
-    fig = go.Figure(go.Bar(x=mods, y=[weights[m] for m in mods], text=labels, textposition="outside",
-                           marker_color="#72B7B2"))
+        hover.append("absent" if np.isnan(weights[m]) or p is None else
+                     f"own classifier: {classes[int(np.nanargmax(p))]} {100 * np.nanmax(p):.0f}%")
+    fig = go.Figure(go.Bar(x=mods, y=[weights[m] for m in mods], hovertext=hover, marker_color="#72B7B2",
+                           text=["absent" if np.isnan(weights[m]) else f"{weights[m]:.2f}" for m in mods],
+                           textposition="outside"))
     fig.update_layout(title=title, yaxis=dict(title="weight", rangemode="tozero"), height=360,
                       margin=dict(l=10, r=10, t=50, b=40))
     return fig
 
 
-def cohort_weights_figure(frame: pd.DataFrame, title: str = "Modality weights over the test split") -> go.Figure:
-    """Box plots of the weight per modality, one colour per true class."""
-    fig = px.box(frame, x="modality", y="weight", color="label", points=False,
-                 labels={"label": "true class", "weight": "weight"})
+def cohort_weights_figure(frame: pd.DataFrame, classes: Sequence[str] = (),
+                          title: str = "Modality weights over the test split") -> go.Figure:
+    """Box plots of the weight per modality, one colour per true class (in ``classes`` order)."""
+    order = [c for c in classes if c in set(frame["label"])] or sorted(set(frame["label"]))
+    fig = px.box(frame, x="modality", y="weight", color="label", points=False, category_orders={"label": order},
+                 color_discrete_sequence=px.colors.qualitative.Bold, labels={"label": "true class", "weight": "weight"})
     fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=50, b=40))
     return fig

@@ -17,7 +17,7 @@ def class_counts_figure(ds: MultimodalDataset) -> go.Figure:
             sel = ds.y[ds.groups == g]
             n = [int((sel == k).sum()) for k in range(ds.n_classes)]
             fig.add_bar(x=list(ds.classes), y=n, name=str(g))
-        fig.update_layout(barmode="stack", legend_title_text="group")
+        fig.update_layout(barmode="stack", legend_title_text="group (donor or patient)")
     else:
         fig.add_bar(x=list(counts), y=list(counts.values()), name="samples")
     title = f"{ds.name}: samples per class" + (" (SYNTHETIC data)" if ds.synthetic else "")

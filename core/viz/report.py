@@ -83,7 +83,7 @@ def sample_report(method: Method, sample: Sample, masking: Masking | None = None
     meta = {"model": {k: card.get(k) for k in ("task", "name", "title", "method", "metrics", "split", "recipe",
                                                "data", "versions", "created", "files")},
             "sample": {"id": sample.id, "source": sample.source, "label": sample.label,
-                       "present": list(sample.present), "notes": list(sample.notes),
+                       "present": list(sample.present), "notes": list(sample.notes), "caveats": list(sample.caveats),
                        "input_sha256": sample.digests or {"data": sample.data.data_hash()}},
             "masking": (masking or Masking()).as_dict()}
     return report_zip(sample_items(method, sample, masking), meta)

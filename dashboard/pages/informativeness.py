@@ -35,21 +35,25 @@ def image_section(cur: Current, m: str) -> None:
     n = rows * cols
     st.subheader(f"{IMAGE_NAMES.get(m, m)} ({m}): patch map")
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-    opacity = c1.slider("map opacity", 0.0, 1.0, 0.55, 0.05, key=f"opacity:{m}")
+    opacity = c1.slider("map opacity", 0.0, 1.0, 0.35, 0.05, key=f"opacity:{m}")
     k = c2.slider("mask the k patches", 0, n, 0, max(1, n // 64), key=f"k:{m}",
                   help="masked in the order chosen beside, on top of any patches clicked on the map")
-    order = c3.radio("order", PATCH_ORDERS, key=f"order:{m}", horizontal=True,
-                     format_func={"most": "most informative", "least": "least informative", "random": "random"}.get)
+    order = c3.radio("in the order", PATCH_ORDERS, key=f"order:{m}", horizontal=True,
+                     help="most / least informative first by the learned map, or a random order")
     grid_on = c4.toggle("grid", value=True, key=f"grid:{m}")
-    left, right = st.columns(2)
+    stretch = c4.toggle("stretch", value=False, key=f"stretch:{m}",
+                        help="colour this map's own range instead of the fixed 0–1 scale shared by every sample")
+    left, right = st.columns([1.3, 1])
     with left:
+        scale = "this sample's range" if stretch else "0–1"
         fig = patch_map_figure(cur.sample.image(m), info.patch_maps[m][0], patch_size(cur.method), opacity,
-                               title=f"{m}: informativeness per patch (0–1)", show_grid=grid_on)
+                               title=f"{m}: informativeness per patch ({scale})", show_grid=grid_on, stretch=stretch)
         fig.update_traces(selected=dict(marker=dict(color="rgba(0,229,255,0.55)")),
                           unselected=dict(marker=dict(opacity=0)), selector=dict(name=PATCH_TRACE))
         event = figure(fig, f"patch_map_{m}", key=f"map:{cur.key}:{m}", on_select="rerun",
                        selection_mode=("points", "box"))
-        st.caption("Click a patch (shift-click for more, or drag a box) to mask exactly those; double-click clears.")
+        st.caption("Click a patch to mask it (shift-click adds more; the box-select tool in the chart's toolbar "
+                   "takes an area); double-click clears.")
     picked = clicked(event)
     ranked = patch_order(cur.method, info, m, order)[:k].tolist()
     chosen = tuple(sorted(set(ranked) | set(picked)))
@@ -64,13 +68,18 @@ def image_section(cur: Current, m: str) -> None:
         p1 = float(live.masked.proba[0][info.classes.index(predicted)])
         a, b = st.columns(2)
         a.metric(f"p({predicted})", f"{100 * p0:.1f}%", help="nothing masked")
-        b.metric(f"{len(chosen)} patches masked", f"{100 * p1:.1f}%", delta=f"{100 * (p1 - p0):+.1f} pp",
+        b.metric(f"{len(chosen)} patch{'' if len(chosen) == 1 else 'es'} masked", f"{100 * p1:.1f}%",
+                 delta=f"{100 * (p1 - p0):+.1f} pp", delta_color="normal" if abs(p1 - p0) >= 5e-4 else "off",
                  help=f"predicted class now: {live.top[1]}")
-        st.image(model_input(cur.method, cur.sample, m, masking), width="stretch",
-                 caption=f"what the model sees: {len(ranked)} {order}-order + {len(picked)} clicked patches masked "
-                         f"(gray); now predicts {live.top[1]}")
+        st.image(model_input(cur.method, cur.sample, m, masking), width=300,
+                 caption=f"what the model sees: {len(ranked)} patches in {order} order + {len(picked)} clicked, "
+                         f"masked gray; it now predicts {live.top[1]}")
     curve = ablation_curve(cur, m, order, "gray")
     figure(patch_curve_figure(curve, n, current=k, target=predicted), f"patch_ablation_{m}_{order}")
+    lo, hi = curve["probability"].min(), curve["probability"].max()
+    st.caption(f"Masking patches in {order} order moves p({predicted}) between {100 * lo:.1f}% and {100 * hi:.1f}%"
+               + (": this image barely matters to the prediction." if hi - lo < 0.05 else ".")
+               + " A faithful map makes the most-informative curve fall fastest.")
 
 
 def omics_section(cur: Current, m: str) -> None:
@@ -84,14 +93,16 @@ def omics_section(cur: Current, m: str) -> None:
     with a:
         top = info.top_features(m, k, sample=0)
         figure(top_features_figure(top, f"{m}: this sample"), f"top_{m}_sample")
-        table(top.round(4), f"top_{m}_sample")
+        with st.expander("as a table"):
+            table(top.round(4), f"top_{m}_sample")
     with b:
         cinfo, labels = cohort(cur)
         ctop = class_top_features(cinfo, labels, label, m, k)
         figure(top_features_figure(ctop[["feature", "informativeness"]],
                                    f"{m}: class {label} (mean of {int(ctop['samples'].iloc[0])} test samples)"),
                f"top_{m}_class_{label}")
-        table(ctop.round(4), f"top_{m}_class_{label}")
+        with st.expander("as a table"):
+            table(ctop.drop(columns="samples").round(4), f"top_{m}_class_{label}")
     st.caption(f"The class is the sample's {'true' if cur.sample.label else 'predicted'} class. Informativeness "
                "is the gate value the model multiplied into each feature (0–1).")
 

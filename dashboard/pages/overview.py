@@ -51,18 +51,24 @@ else:
         "method": (m.card or {}).get("method", ""), "title": (m.card or {}).get("title", ""),
         "synthetic": bool((m.card or {}).get("synthetic")), "problem": m.error or "",
     } for m in models])
-    st.dataframe(shipped, hide_index=True, width="stretch")
+    st.dataframe(shipped, hide_index=True, width="stretch", height=38 + 35 * len(shipped),
+                 column_config={"title": st.column_config.TextColumn(width="large")})
     st.download_button("Download table (CSV)", shipped.to_csv(index=False), "shipped_models.csv", "text/csv",
                        key="shipped-csv")
     st.caption("Metrics are on each model's held-out test split (its card says which). Models trained on Derm7pt are "
                "for research use only, as the Derm7pt images are.")
+    weak = shipped[shipped["balanced accuracy %"] < 50]
+    if len(weak):
+        st.caption("Weak (balanced accuracy below 50 %): " + ", ".join(f"{r.task}/{r.model}" for r in weak.itertuples())
+                   + ". Their explanations show what a weak model relies on, not what decides the class.")
     for m in models:
         if m.error:
             st.error(f"{m.task}/{m.name}: {m.error}")
 
 st.subheader("Tasks found")
 table = pd.DataFrame(rows)
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * len(table),
+             column_config={"description": st.column_config.TextColumn(width="large")})
 st.download_button("Download table (CSV)", table.to_csv(index=False), "tasks.csv", "text/csv", key="tasks-csv")
 if "demo" in available:
     st.caption("`demo` is **synthetic** data generated for tests and for machines without data.")

@@ -66,21 +66,34 @@ def live(cur: Current) -> None:
     if masking.active:
         p_after = float(t.loc[t["class"] == before, "masked"].iloc[0])
         c3.metric("Masked: predicted class", after, delta=f"{100 * (p_after - p_before):+.1f} pp for {before}",
-                  delta_color="normal" if after == before else "inverse")
+                  delta_color="normal" if abs(p_after - p_before) >= 5e-4 else "off")
     else:
         c3.metric("Masked", "nothing masked", help="switch a modality off or mask patches to compare")
-    figure(probability_figure(classes, result.unmasked.proba[0], result.masked.proba[0] if masking.active else None),
-           "probabilities")
-    table(t.round(4), "probabilities")
-    shown = [m for m in cur.method.predicts_from() if cur.method.specs[m].kind == "image" and m in cur.sample.present]
-    if shown:
-        cols = st.columns(len(shown) * 2)
-        for i, m in enumerate(shown):
-            cols[2 * i].image(cur.sample.image(m), caption=f"{IMAGE_NAMES.get(m, m)} as the model sees it",
-                              width="stretch")
+    unsure = min(0.5, 2 / len(classes))
+    if p_before < unsure:
+        st.warning(f"The model is unsure: its top class gets {100 * p_before:.0f}% (an even guess over "
+                   f"{len(classes)} classes gives {100 / len(classes):.0f}%). "
+                   + ("Modalities are absent here, which leaves it less to go on." if
+                      len(cur.sample.present) < len(cur.method.predicts_from()) else ""))
+    left, right = st.columns([3, 2])
+    with left:
+        figure(probability_figure(classes, result.unmasked.proba[0],
+                                  result.masked.proba[0] if masking.active else None), "probabilities")
+    with right:
+        shown = [m for m in cur.method.predicts_from()
+                 if cur.method.specs[m].kind == "image" and m in cur.sample.present]
+        for m in shown:
+            a, b = st.columns(2)
+            a.image(cur.sample.image(m), caption=f"{IMAGE_NAMES.get(m, m)} as the model sees it", width=200)
             if masking.active and (m in masking.off or m in masking.patches) and masking.off.get(m) != ABSENT:
-                cols[2 * i + 1].image(model_input(cur.method, cur.sample, m, masking), caption="masked",
-                                      width="stretch")
+                b.image(model_input(cur.method, cur.sample, m, masking), caption="masked", width=200)
+        shown_t = (t if masking.active else t[["class", "probability"]]).copy()
+        for c in ("probability", "masked"):
+            if c in shown_t:
+                shown_t[c] = (100 * shown_t[c]).round(1)
+        if "change (pp)" in shown_t:
+            shown_t["change (pp)"] = shown_t["change (pp)"].round(1)
+        table(shown_t.rename(columns={"probability": "probability %", "masked": "masked %"}), "probabilities")
     st.download_button("Download report (zip)", lambda: report(cur, masking), f"report_{cur.sample.id}.zip",
                        "application/zip", key="report", on_click="ignore", icon=":material/folder_zip:",
                        help="every figure (HTML, PNG), every table (CSV) and report.json: model card, input hashes, "

@@ -26,6 +26,9 @@ CLASSES = ("T", "B", "NK_ILC", "Myeloid", "Erythroid", "Progenitor")
 IMAGE_CAVEAT = ("The image is a blood-cell picture of the same class (from the PBC collection), not a picture of "
                 "this cell: RNA and protein were measured on cells that were never imaged. An image-based "
                 "explanation is about the class, not about this cell.")
+UPLOAD_IMAGE_CAVEAT = ("The image branch of this model learnt from blood-cell pictures paired with expression only by "
+                       "class (never the same cell), so it knows what each class looks like, not how a cell's "
+                       "picture relates to its RNA and protein: an image-based explanation is about the class.")
 IMAGE_CLASS = {"T": "lymphocyte", "B": "lymphocyte", "NK_ILC": "lymphocyte", "Myeloid": "monocyte",
                "Erythroid": "erythroblast", "Progenitor": "ig"}
 PAIRING_SEED = 20261122

@@ -1,0 +1,253 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright against
+``streamlit run dashboard/Home.py``. One walk through every page as a person would do it: open
+each page from the sidebar, switch a modality off, upload a real PBC image, click a patch on the
+patch map, download a figure as PNG. Full-page screenshots go to ``$MMX_SCREENSHOTS`` (default:
+the test's tmp folder). In CI (``$CI`` set) a missing browser or data fails the test, never skips it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.data.tasks.cells import CLASSES
+from core.paths import REPO_ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 2200}  # tall: Streamlit's main area scrolls inside the page
+FIRST_LOAD_MS = 180_000  # the first page loads the models and the test split (a 2-core CPU)
+WAIT_MS = 120_000
+TITLES = {"Home": "Explainable multimodal classification", "Predict": "Predict",
+          "Informativeness": "Feature informativeness", "Modality weights": "Modality weights"}
+
+
+def _need(what: str) -> None:
+    msg = f"{what} is missing: `bash setup.sh --test` installs it"
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (browser tests must run in CI)")
+    pytest.skip(msg)
+
+
+def _chromium() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _need("the python package playwright")
+    exe = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
+    if exe is None:
+        _need("chromium")
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(data_dir, tmp_path):
+    """The dashboard served on a free localhost port; its log is in the failure message."""
+    port = _free_port()
+    log = tmp_path / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def settle(page, timeout: int = WAIT_MS) -> None:
+    """Wait until the script run is over: no running indicator, no stale (greyed) element. Call it
+    after waiting for the new content itself (right after a click the rerun may not have started)."""
+    page.wait_for_function(
+        """() => !document.querySelector("[data-testid='stStatusWidgetRunningIcon']")
+                 && !document.querySelector("[data-stale='true']")""", timeout=timeout)
+    page.wait_for_timeout(300)  # let plotly finish drawing
+
+
+def healthy(page, where: str) -> None:
+    """No exception and no error box anywhere on the page."""
+    for sel, what in (("[data-testid='stException']", "an exception"), ("[data-testid='stAlertContentError']",
+                                                                       "an error")):
+        boxes = page.locator(sel)
+        assert boxes.count() == 0, f"{where} shows {what}: {boxes.first.inner_text()[:1000]}"
+
+
+def open_page(page, title: str, timeout: int = WAIT_MS) -> None:
+    """Open a page from the sidebar navigation and wait for its heading and first chart."""
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=TITLES[title], exact=True).wait_for(timeout=timeout)
+    page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(timeout=timeout)
+    settle(page, timeout)
+    healthy(page, title)
+
+
+def screenshot(page, folder: Path, name: str) -> Path:
+    """The whole page: grow the viewport to the main area's height (it scrolls inside the page, so a
+    plain full-page shot would cut it), shoot, and restore the viewport."""
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(VIEWPORT["height"], height + 40), 12_000)})
+    page.wait_for_timeout(500)
+    settle(page)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(300)
+    return path
+
+
+def metric_labels(page) -> list[str]:
+    return [t.strip() for t in page.locator("[data-testid='stMetricLabel']").all_inner_texts()]
+
+
+def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
+    exe = _chromium()
+    pbc = data_dir / "blood_cells" / "pbc_acevedo2020"
+    images = sorted((pbc / "erythroblast").glob("*.jpg")) or sorted(pbc.rglob("*.jpg"))
+    if not images:
+        _need(f"a PBC image (*.jpg under {pbc})")
+    upload = images[0]
+    shots = Path(os.environ.get("MMX_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    url, log = app
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        errors: list[str] = []
+        try:
+            page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+            page.set_default_timeout(WAIT_MS)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            started = time.monotonic()
+
+            # Home: the tables and the class-count chart.
+            page.goto(url)
+            page.get_by_role("heading", name=TITLES["Home"], exact=True).wait_for(timeout=FIRST_LOAD_MS)
+            page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(timeout=FIRST_LOAD_MS)
+            page.locator("[data-testid='stMain'] [data-testid='stDataFrame']:visible").first.wait_for()
+            settle(page, FIRST_LOAD_MS)
+            healthy(page, "Home")
+            model = page.locator("[data-testid='stSidebar']").get_by_role("combobox", name="Model")
+            assert re.fullmatch(r"cells · mm_dynamics · \d+%", model.input_value()), model.input_value()
+            screenshot(page, shots, "1_home")
+
+            # Predict: the model's answer, then rna switched off.
+            open_page(page, "Predict", FIRST_LOAD_MS)
+            page.get_by_role("button", name="Download report (zip)").wait_for()
+            assert "Predicted class" in metric_labels(page) and "Masked" in metric_labels(page)
+            screenshot(page, shots, "2_predict")
+            rna = page.get_by_role("switch", name="rna", exact=True)
+            assert rna.is_checked()
+            page.locator("[data-testid='stCheckbox']", has=rna).locator("label").first.click()  # the input is hidden
+            page.get_by_text("Masked: predicted class", exact=True).wait_for()
+            page.locator(".js-plotly-plot .legendtext").filter(has_text=re.compile(r"^masked$")).wait_for()
+            settle(page)
+            healthy(page, "Predict with rna off")
+            assert not rna.is_checked()
+            assert page.get_by_text("rna switched off as", exact=True).is_visible()
+
+            # a figure as PNG (kaleido: slow the first time)
+            with page.expect_download(timeout=WAIT_MS) as download:
+                page.get_by_role("button", name="PNG", exact=True).first.click()
+            png = Path(download.value.path())
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", download.value.suggested_filename
+            assert download.value.suggested_filename == "probabilities.png"
+            screenshot(page, shots, "3_predict_rna_off")
+
+            # Predict on an uploaded PBC image (no expression table: protein and rna absent).
+            sidebar = page.locator("[data-testid='stSidebar']")
+            sidebar.locator("[data-testid='stRadio']").get_by_text("Upload", exact=True).click()
+            uploader = sidebar.locator("[data-testid='stFileUploader']").filter(has_text="cell image (image)")
+            uploader.wait_for()
+            uploader.locator("input[type=file]").set_input_files(str(upload))
+            page.locator("[data-testid='stMain'] strong", has_text=upload.name).first.wait_for()
+            page.get_by_role("button", name="Download report (zip)").wait_for()
+            page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for()
+            settle(page)
+            healthy(page, "Predict on an upload")
+            values = page.locator("[data-testid='stMetric']").filter(has_text="Predicted class")
+            predicted = values.locator("[data-testid='stMetricValue']").inner_text().strip()
+            assert predicted in CLASSES, predicted
+            assert page.get_by_text("is absent in this sample").count() == 2  # protein and rna
+            screenshot(page, shots, "4_predict_upload")
+            sidebar.locator("[data-testid='stRadio']").get_by_text("Test split", exact=True).click()
+            sidebar.get_by_text("Class", exact=True).wait_for()
+            settle(page)
+
+            # Informativeness: click one patch on the patch map; the page masks it.
+            open_page(page, "Informativeness")
+            page.get_by_text("map opacity", exact=True).wait_for()
+            page.get_by_text("mask the k patches", exact=True).wait_for()
+            assert "0 patches masked" in metric_labels(page)
+            patch_map = page.locator("[data-testid='stMain'] .js-plotly-plot").first
+            area = patch_map.locator(".nsewdrag").first.bounding_box()  # the plot area (the image)
+            x, y = area["x"] + 0.3 * area["width"], area["y"] + 0.3 * area["height"]
+            page.mouse.move(x - 40, y - 40)
+            page.mouse.move(x, y, steps=5)  # plotly picks the clicked point from the hover
+            patch_map.locator(".hoverlayer .hovertext").first.wait_for(state="attached", timeout=10_000)
+            page.mouse.down()
+            page.mouse.up()
+            try:  # plotly selects the point before Streamlit reruns the page with it
+                page.wait_for_function(
+                    """(g) => g.data.some(t => t.name === 'patches' && (t.selectedpoints || []).length > 0)""",
+                    arg=patch_map.element_handle(), timeout=15_000)
+            except Exception:
+                mode = patch_map.evaluate("g => [g._fullLayout.dragmode, g._fullLayout.clickmode]")
+                pytest.fail(f"a click on the patch map selected no patch (plotly dragmode, clickmode = {mode}; "
+                            "Streamlit sets clickmode 'event', i.e. no click selection, when the figure's dragmode "
+                            "is 'select' or 'lasso')")
+            label = re.compile(r"^\s*[1-9]\d* patch(es)? masked")  # the metric counts the masked patches
+            page.locator("[data-testid='stMetricLabel']").filter(has_text=label).first.wait_for()
+            settle(page)
+            healthy(page, "Informativeness after a click")
+            assert page.get_by_text(re.compile(r"\+ [1-9]\d* clicked, masked gray")).count() == 1
+            screenshot(page, shots, "5_informativeness_patch_clicked")
+
+            # Modality weights: charts and the masking table.
+            open_page(page, "Modality weights", FIRST_LOAD_MS)
+            page.get_by_role("heading", name="Switching a modality off, over the test split").wait_for()
+            page.get_by_text("The drop is in percentage points", exact=False).wait_for(timeout=FIRST_LOAD_MS)
+            page.locator("[data-testid='stMain'] [data-testid='stDataFrame']:visible").first.wait_for()
+            assert page.locator("[data-testid='stMain'] .js-plotly-plot").count() >= 2
+            settle(page)
+            healthy(page, "Modality weights")
+            screenshot(page, shots, "6_modality_weights")
+            print(f"browser walk: {time.monotonic() - started:.0f} s; screenshots in {shots}")
+        except Exception:
+            print(f"--- streamlit log ---\n{log.read_text(errors='replace')[-4000:]}")
+            raise
+        finally:
+            browser.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
