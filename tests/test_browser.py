@@ -161,6 +161,10 @@ def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
             healthy(page, "Home")
             model = page.locator("[data-testid='stSidebar']").get_by_role("combobox", name="Model")
             assert re.fullmatch(r"cells · mm_dynamics · \d+%", model.input_value()), model.input_value()
+            for label, magic in (("SVG", b"<svg"), ("HTML", b"<html")):  # the class-count chart's exports
+                with page.expect_download(timeout=WAIT_MS) as download:
+                    page.get_by_role("button", name=label, exact=True).first.click()
+                assert magic in Path(download.value.path()).read_bytes()[:300], label
             screenshot(page, shots, "1_home")
 
             # Predict: the model's answer, then rna switched off.
@@ -212,20 +216,23 @@ def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
             page.get_by_text("mask the k patches", exact=True).wait_for()
             assert "0 patches masked" in metric_labels(page)
             patch_map = page.locator("[data-testid='stMain'] .js-plotly-plot").first
-            area = patch_map.locator(".nsewdrag").first.bounding_box()  # the plot area (the image)
-            x, y = area["x"] + 0.3 * area["width"], area["y"] + 0.3 * area["height"]
-            page.mouse.move(x - 40, y - 40)
-            page.mouse.move(x, y, steps=5)  # plotly picks the clicked point from the hover
-            patch_map.locator(".hoverlayer .hovertext").first.wait_for(state="attached", timeout=10_000)
-            page.mouse.down()
-            page.mouse.up()
-            try:  # plotly selects the point before Streamlit reruns the page with it
-                page.wait_for_function(
-                    """(g) => g.data.some(t => t.name === 'patches' && (t.selectedpoints || []).length > 0)""",
-                    arg=patch_map.element_handle(), timeout=15_000)
-            except Exception:
+            selected = """(g) => g.data.some(t => t.name === 'patches' && (t.selectedpoints || []).length > 0)"""
+            for attempt in range(3):  # a click that lands while plotly redraws is lost: click again
+                area = patch_map.locator(".nsewdrag").first.bounding_box()  # the plot area (the image)
+                x, y = area["x"] + 0.3 * area["width"], area["y"] + 0.3 * area["height"]
+                page.mouse.move(x - 40, y - 40)
+                page.mouse.move(x, y, steps=5)  # plotly picks the clicked point from the hover
+                patch_map.locator(".hoverlayer .hovertext").first.wait_for(state="attached", timeout=10_000)
+                page.mouse.down()
+                page.mouse.up()
+                try:  # plotly selects the point before Streamlit reruns the page with it
+                    page.wait_for_function(selected, arg=patch_map.element_handle(), timeout=10_000)
+                    break
+                except Exception:
+                    settle(page)
+            else:
                 mode = patch_map.evaluate("g => [g._fullLayout.dragmode, g._fullLayout.clickmode]")
-                pytest.fail(f"a click on the patch map selected no patch (plotly dragmode, clickmode = {mode}; "
+                pytest.fail(f"three clicks on the patch map selected no patch (plotly dragmode, clickmode = {mode}; "
                             "Streamlit sets clickmode 'event', i.e. no click selection, when the figure's dragmode "
                             "is 'select' or 'lasso')")
             label = re.compile(r"^\s*[1-9]\d* patch(es)? masked")  # the metric counts the masked patches
@@ -251,3 +258,12 @@ def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
         finally:
             browser.close()
     assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must run in CI"):
+        _need("chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _need("chromium")
