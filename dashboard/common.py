@@ -13,15 +13,17 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run dashboard/Home.py` from anywhere
 
-from core.data.tasks import TaskData, get_task, list_tasks  # noqa: E402
+from core.data.tasks import list_tasks  # noqa: E402
+from core.data.tasks import task_summary as summary_of  # noqa: E402
 from core.errors import MMXError  # noqa: E402
 from core.paths import data_root  # noqa: E402
 from core.shipped import ShippedModel, available, load  # noqa: E402
 
 
-@st.cache_resource(show_spinner="Loading data…")
-def load_task(name: str) -> TaskData:
-    return get_task(name)
+@st.cache_data(show_spinner="Reading the data sets…")
+def task_summary(name: str) -> dict:
+    """Sizes and class counts of a task (from the disk cache once seen: no data loaded)."""
+    return summary_of(name)
 
 
 @st.cache_resource(show_spinner="Loading model…")

@@ -6,6 +6,7 @@ size, so editing or replacing a file invalidates the cache. Files are written at
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,25 @@ def load_images(paths: list[str | Path], size: tuple[int, int], use_cache: bool 
     if target is not None:
         atomic_save_npy(target, arr)
     return torch.from_numpy(arr)
+
+
+def cached_json(sources: list[Path], tag: str, build: Callable[[], dict]) -> dict:
+    """``build()``'s JSON-able dict, cached on disk keyed like :func:`cached_arrays`."""
+    target = cache_dir() / f"json-{_key(sources, tag)}.json"
+    try:
+        return json.loads(target.read_text())
+    except (OSError, ValueError):
+        pass  # absent or damaged: built below
+    out = build()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(out, f)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
 
 
 def cached_arrays(sources: list[Path], tag: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

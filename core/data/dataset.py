@@ -177,5 +177,8 @@ class MultimodalDataset:
                 for m, s in self.specs.items()
             },
             "groups": len(set(self.groups.tolist())),
+            "by_group": {str(g): dict(zip(self.classes, torch.bincount(self.y[torch.as_tensor(self.groups == g)],
+                                                                       minlength=self.n_classes).tolist()))
+                         for g in sorted(set(self.groups.tolist()))} if len(set(self.groups.tolist())) <= 6 else {},
             "synthetic": self.synthetic,
         }

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import skops.io as sio
 import torch
 import torch.nn.functional as F
 from sklearn.calibration import CalibratedClassifierCV
@@ -140,9 +139,13 @@ class SklearnMethod(Method):
         self.chosen, self.smallest_class = dict(state["chosen"]), int(state["smallest_class"])
 
     def artefacts(self) -> dict[str, bytes]:
+        import skops.io as sio  # ~1 s to import: only when a checkpoint is written or read
+
         return {SKOPS_FILE: sio.dumps(self.model)}
 
     def load_artefacts(self, files: dict[str, bytes]) -> None:
+        import skops.io as sio
+
         if set(files) != {SKOPS_FILE}:
             raise MMXError(f"{self.name} needs exactly the file {SKOPS_FILE!r}, the card lists {sorted(files)}")
         try:

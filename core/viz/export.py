@@ -11,14 +11,15 @@ import plotly.graph_objects as go
 
 @functools.lru_cache(maxsize=1)
 def static_export_available() -> bool:
-    """True when kaleido can render PNG/SVG here (it needs Chrome or Chromium)."""
+    """True when kaleido can render PNG/SVG here: it needs Chrome or Chromium. Checked by looking
+    for the browser, not by a trial render, which takes seconds (a page would wait for it)."""
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")):
         return False
     try:
-        go.Figure().to_image(format="png", width=10, height=10)
-        return True
-    except Exception:
+        import kaleido  # noqa: F401
+    except ImportError:
         return False
+    return True
 
 
 def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550, shared_js: bool = False) -> bytes:

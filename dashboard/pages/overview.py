@@ -1,24 +1,29 @@
-"""Home: what the tool does and which tasks (data sets) this machine has."""
+"""Home: what the tool does, the shipped models and which tasks (data sets) this machine has.
+
+The text comes first and the libraries (torch and the rest, ~4 s on a small CPU) load after it,
+so a fresh start shows the page at once and fills in the tables."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
-from common import available_tasks, data_banner, figure, list_tasks, load_task, shipped_models, show_error
-from picker import sidebar
 
-from core.viz.overview import class_counts_figure
-
-sidebar(samples=False)
 st.title("Explainable multimodal classification")
 st.write(
     "Train and compare multimodal classifiers on cells (RNA + protein + microscopy) and paired "
     "medical images, and see *why* a model decided: informative patches, genes and proteins, "
     "modality weights, masked or missing modalities, and guidance from an expensive modality."
 )
-data_banner()
 st.markdown("Pick a model and a sample in the sidebar (from the model's test split, or upload your own), then "
             "open **Predict** to mask modalities and patches live, **Informativeness** for the patch map and the "
             "informative genes and proteins, and **Modality weights** for how much each modality counted.")
+with st.spinner("Loading the libraries (once per server start)…"):
+    import pandas as pd
+    from common import available_tasks, data_banner, figure, list_tasks, shipped_models, show_error, task_summary
+    from picker import sidebar
+
+    from core.viz.overview import class_counts_figure
+
+sidebar(samples=False)
+data_banner()
 
 rows = []
 available = set(available_tasks())
@@ -26,7 +31,7 @@ for info in list_tasks():
     row = {"task": info.name, "description": info.description, "available": info.name in available}
     if row["available"]:
         try:
-            s = load_task(info.name).dataset.summary()
+            s = task_summary(info.name)
             row.update(samples=s["samples"], classes=len(s["classes"]),
                        modalities="; ".join(f"{m}: {d}" for m, d in s["modalities"].items()),
                        groups=s["groups"], synthetic=s["synthetic"])
@@ -75,4 +80,4 @@ if "demo" in available:
 
 choice = st.selectbox("Class counts of", [r["task"] for r in rows if r["available"]])
 if choice:
-    figure(class_counts_figure(load_task(choice).dataset), f"{choice}_class_counts")
+    figure(class_counts_figure(task_summary(choice)), f"{choice}_class_counts")

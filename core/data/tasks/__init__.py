@@ -6,11 +6,13 @@ the returned data as read-only).
 """
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.data.cache import cached_json
 from core.data.dataset import MultimodalDataset
 from core.data.splits import Split
 from core.errors import MMXError
@@ -79,6 +81,19 @@ def get_task(name: str, data_dir: str | Path | None = None, **options) -> TaskDa
         if key not in _CACHE:
             _CACHE[key] = info.builder(root, **options)
         return _CACHE[key]
+
+
+def task_summary(name: str, data_dir: str | Path | None = None) -> dict:
+    """:meth:`MultimodalDataset.summary` of task ``name`` (default options), cached on disk keyed by
+    the task's files (paths, sizes, times) and its builder's source: a listing loads no data twice."""
+    _import_builtin()
+    info = _REGISTRY.get(name)
+    root = data_root(data_dir)
+    if info is None or not info.requires or not info.available(root):
+        return get_task(name, data_dir).dataset.summary()  # unknown / unavailable: get_task says why
+    files = sorted(p for r in info.requires for p in (root / r).rglob("*") if p.is_file())
+    code = sorted(Path(inspect.getsourcefile(info.builder)).parent.glob("*.*"))  # the task modules and tables
+    return cached_json([*files, *code], f"summary-{name}", lambda: get_task(name, data_dir).dataset.summary())
 
 
 def _import_builtin() -> None:
