@@ -115,3 +115,19 @@ def test_subset_select_and_batch(demo):
     assert list(sub.specs) == ["rna"] and sub.ids.tolist() == ds.ids[[3, 1]].tolist()
     b = ds.batch(np.array([0, 2]))
     assert set(b["x"]) == {"rna", "protein", "image"} and b["y"].tolist() == ds.y[[0, 2]].tolist()
+
+
+def test_task_summary_is_cached_on_disk_and_loads_no_data_twice(rosmap, tmp_path, monkeypatch):
+    import core.data.tasks as tasks
+
+    monkeypatch.setenv("MMX_CACHE_DIR", str(tmp_path))
+    first = tasks.task_summary("rosmap")
+    assert first == json_round_trip(rosmap.dataset.summary()) and list(tmp_path.glob("json-*.json"))
+    monkeypatch.setattr(tasks, "get_task", lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
+    assert tasks.task_summary("rosmap") == first  # from the disk cache
+
+
+def json_round_trip(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))
