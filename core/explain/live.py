@@ -26,13 +26,15 @@ PATCH_ORDERS = ("most", "least", "random")  # most / least informative first, or
 
 
 def off_modes(method: Method, modality: str) -> tuple[str, ...]:
-    """How ``modality`` can be switched off: the masks of its kind, or left absent."""
+    """How ``modality`` can be switched off: the masks of its kind, or left absent (when the model
+    reads another modality and does not need this one)."""
     kind = method.specs[modality].kind
     if kind == "image":
         masks = tuple(m for m in IMAGE_MODES if m in PATCH_FILLS)
     else:  # the training mean first: the same default as the cohort masking table
         masks = tuple(sorted(OMICS_MODES, key=lambda m: m != "mean"))
-    return (*masks, ABSENT)
+    can_lack = modality not in method.required_modalities() and len(method.predicts_from()) > 1
+    return (*masks, ABSENT) if can_lack else masks
 
 
 @dataclass(frozen=True)

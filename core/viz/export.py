@@ -2,8 +2,10 @@
 on the machine (kaleido needs one). :func:`static_export_available` tells which."""
 from __future__ import annotations
 
+import atexit
 import functools
 import shutil
+import warnings
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -22,6 +24,16 @@ def static_export_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def _one_browser() -> None:
+    """Keep one Chromium for every PNG/SVG of this process: without it kaleido starts a fresh one
+    per figure (~3 s each instead of ~0.3 s)."""
+    import kaleido
+
+    kaleido.start_sync_server(silence_warnings=True)
+    atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+
+
 def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550, shared_js: bool = False) -> bytes:
     """The figure as ``html``, ``png`` or ``svg`` bytes (PNG/SVG need :func:`static_export_available`).
     HTML holds plotly.js (opens offline) unless ``shared_js``: then it loads ``plotly.min.js``
@@ -32,7 +44,10 @@ def figure_bytes(fig: go.Figure, fmt: str, width: int = 900, height: int = 550, 
         if not static_export_available():
             raise RuntimeError("static export needs Chrome/Chromium on this machine (install chromium); "
                                "HTML export works without it")
-        return fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1)
+        _one_browser()
+        with warnings.catch_warnings():  # plotly's options for a fresh browser do not apply to the kept one
+            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+            return fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1)
     raise ValueError(f"unknown figure format {fmt!r}")
 
 
