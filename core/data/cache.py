@@ -11,7 +11,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -28,12 +28,13 @@ def _key(paths: list[Path], tag: str) -> str:
     return h.hexdigest()[:32]
 
 
-def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` via a temporary file and rename (never a half-written file)."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename: a reader never
+    sees a half-written cache file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,7 +63,7 @@ def load_images(paths: list[str | Path], size: tuple[int, int], use_cache: bool 
         decoded = list(ex.map(lambda p: read_image(p, size), paths))
     arr = np.ascontiguousarray(np.stack(decoded).transpose(0, 3, 1, 2))
     if target is not None:
-        atomic_save_npy(target, arr)
+        atomic_write(target, lambda f: np.save(f, arr))
     return torch.from_numpy(arr)
 
 
@@ -74,14 +75,7 @@ def cached_json(sources: list[Path], tag: str, build: Callable[[], dict]) -> dic
     except (OSError, ValueError):
         pass  # absent or damaged: built below
     out = build()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(out, f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: f.write(json.dumps(out).encode()))
     return out
 
 
@@ -96,12 +90,5 @@ def cached_arrays(sources: list[Path], tag: str, build: Callable[[], dict[str, n
         except (OSError, ValueError):
             pass  # damaged: rebuilt below
     arrays = build()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: np.savez(f, **arrays))
     return arrays
