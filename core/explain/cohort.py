@@ -7,7 +7,7 @@ import pandas as pd
 
 from core import metrics
 from core.explain.informativeness import Informativeness, explain
-from core.explain.live import ABSENT, Masking, without
+from core.explain.live import ABSENT, Masking, off_modes, without
 from core.explain.sample import Cohort
 from core.models.base import Method
 
@@ -18,23 +18,11 @@ def cohort_explain(method: Method, cohort: Cohort) -> Informativeness:
 
 
 def modality_weights(info: Informativeness, labels: np.ndarray) -> pd.DataFrame:
-    """Long table, one row per sample and modality: its weight (TCP confidence, or the fixed
-    weight) and its own classifier's probability of the true class. Absent modalities are left out."""
-    rows = []
-    index = {c: i for i, c in enumerate(info.classes)}
-    for m, w in info.modality_weights.items():
-        p = info.modality_proba.get(m)
-        for i, (sid, label) in enumerate(zip(info.ids, labels)):
-            if np.isnan(w[i]):
-                continue
-            rows.append({"id": sid, "label": label, "modality": m, "weight": float(w[i]),
-                         "p_true": float(p[i, index[label]]) if p is not None else np.nan})
-    return pd.DataFrame(rows, columns=["id", "label", "modality", "weight", "p_true"])
-
-
-def default_off(method: Method, modality: str) -> str:
-    """The mask a modality gets when switched off in the cohort table: gray image, mean omics."""
-    return "gray" if method.specs[modality].kind == "image" else "mean"
+    """Long table, one row per sample and modality with its weight (TCP confidence, or the fixed
+    weight); absent modalities (NaN) are left out."""
+    frame = pd.DataFrame({"id": info.ids, "label": labels, **info.modality_weights})
+    long = frame.melt(id_vars=["id", "label"], var_name="modality", value_name="weight")
+    return long.dropna(subset=["weight"]).reset_index(drop=True)
 
 
 def masking_effects(method: Method, cohort: Cohort) -> pd.DataFrame:
@@ -45,7 +33,7 @@ def masking_effects(method: Method, cohort: Cohort) -> pd.DataFrame:
     rows = [_effect_row("none", "—", y, base, base)]
     needed = set(method.required_modalities())
     for m in method.predicts_from():
-        mode = default_off(method, m)
+        mode = off_modes(method, m)[0]  # gray image, mean omics: what the page switches off first
         rows.append(_effect_row(m, mode, y, base,
                                 method.predict(cohort.data, cohort.idx,
                                                mask=Masking(off={m: mode}).mask_specs(method)).proba))
