@@ -74,7 +74,9 @@ def open_source(method, source: str | Path, *, labelled: bool = True, label_colu
     return Scored(ext.dataset, np.arange(len(ext.dataset)), ext.labelled, str(path), list(ext.notes))
 
 
-def _task_source(method, task: str, data_dir) -> Scored:
+def card_split(method, task: str, data_dir=None):
+    """The data of ``task`` checked for ``method`` and the split its card names when the card is
+    of that task (else the task's default scheme's first split)."""
     card = getattr(method, "card", {}) or {}
     own = card.get("task") == task
     td = get_task(task, data_dir, **(card.get("task_options", {}) if own else {}))
@@ -85,10 +87,15 @@ def _task_source(method, task: str, data_dir) -> Scored:
     split = td.splits[scheme][int(split_info.get("index", 0))]
     if own and split_info.get("name") not in (None, split.name):
         raise MMXError(f"the card's split {split_info['name']!r} is not the task's {split.name!r} any more")
+    return method.check_data(td.dataset), split
+
+
+def _task_source(method, task: str, data_dir) -> Scored:
+    data, split = card_split(method, task, data_dir)
     note = f"task {task!r}, test part of split {split.name!r} ({len(split.test)} samples)"
-    if td.dataset.synthetic:
+    if data.synthetic:
         note += "; SYNTHETIC data"
-    return Scored(method.check_data(td.dataset), np.asarray(split.test), True, task, [note])
+    return Scored(data, np.asarray(split.test), True, task, [note])
 
 
 def evaluate(method, source: str | Path, **options) -> dict:

@@ -88,3 +88,16 @@ def table(frame: pd.DataFrame, name: str, **options) -> None:
 def show_error(e: Exception) -> None:
     """Show a bad-input error in the page and keep the app running."""
     st.error(str(e) if isinstance(e, MMXError) else f"Unexpected error: {type(e).__name__}: {e}")
+
+
+def prediction_set(method, proba) -> str:
+    """One sample's conformal prediction set, as shown beside every prediction (the card's
+    calibration; see :mod:`core.calibration`)."""
+    from core.calibration import Conformal
+
+    conformal = Conformal.from_card(getattr(method, "card", None))
+    if conformal is None:
+        return "no prediction set: this model's card records no calibration"
+    members = conformal.sets(proba)[0]
+    level = f"{100 * conformal.confidence:.0f}% prediction set"
+    return f"{level}: {{{', '.join(members)}}}" if members else f"{level}: empty (no class is plausible enough)"
