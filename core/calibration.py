@@ -142,23 +142,41 @@ class Conformal:
         return cls(tuple(card["classes"]), float(rec["confidence"]), tuple(float(s) for s in rec["scores"]))
 
 
-def calibration_record(method, data, val: np.ndarray, test: np.ndarray, confidence: float = CONFIDENCE) -> dict:
-    """What a card records: ECE on the test part before and after temperature scaling (fitted on
-    the validation part), and the conformal sets calibrated on the validation part with their
-    coverage and size on the test part. Samples the method cannot predict are left out."""
+def calibration_parts(method, split, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows to calibrate on and the rows to measure on, and what the first are.
+
+    The validation part when the model did not learn from it; a model with a fixed schedule
+    trained on it too (its scores there are optimistic, the sets would be too small), so it is
+    calibrated on a seeded half of the test part and measured on the other half."""
+    from core.train.loop import training_rows
+
+    trained = training_rows(split.train, split.val, getattr(method.config, "train", None))
+    if not np.isin(split.val, trained).any():
+        return np.asarray(split.val), np.asarray(split.test), "validation part"
+    test = np.random.default_rng(seed).permutation(np.asarray(split.test))
+    half = len(test) // 2
+    what = "half of the test part (the model trained on its validation part)"
+    return np.sort(test[:half]), np.sort(test[half:]), what
+
+
+def calibration_record(method, data, split, confidence: float = CONFIDENCE) -> dict:
+    """What a card records: temperature and conformal sets fitted on the calibration rows
+    (:func:`calibration_parts`), ECE before and after temperature scaling, and the sets' coverage
+    and size, on the measured rows. Samples the method cannot predict are left out."""
     from core.evaluate import predictable
 
-    parts = {}
-    for name, idx in (("validation", val), ("test", test)):
+    cal, measured, what = calibration_parts(method, split)
+    parts = []
+    for name, idx in (("calibration", cal), ("measured", measured)):
         idx, _ = predictable(method, data, idx)
         if len(idx) == 0:
             raise MMXError(f"no {name} samples the model can predict: nothing to calibrate on")
         pred = method.predict(data, idx)
-        parts[name] = (pred.output.logits.double().numpy(), pred.proba, data.y[torch.as_tensor(idx)].numpy())
-    (v_logits, v_proba, v_y), (t_logits, t_proba, t_y) = parts["validation"], parts["test"]
-    temperature = fit_temperature(v_logits, v_y)
-    conformal = Conformal.fit(v_proba, v_y, method.classes, confidence)
-    return {"bins": BINS, "ece": ece(t_proba, t_y), "temperature": temperature,
-            "ece_scaled": ece(softmax(t_logits, temperature), t_y), "ece_validation": ece(v_proba, v_y),
-            "n_validation": int(len(v_y)), "n_test": int(len(t_y)),
-            "conformal": {**conformal.to_dict(), **conformal.evaluate(t_proba, t_y)}}
+        parts.append((pred.output.logits.double().numpy(), pred.proba, data.y[torch.as_tensor(idx)].numpy()))
+    (c_logits, c_proba, c_y), (m_logits, m_proba, m_y) = parts
+    temperature = fit_temperature(c_logits, c_y)
+    conformal = Conformal.fit(c_proba, c_y, method.classes, confidence)
+    return {"calibrated_on": what, "n_calibration": int(len(c_y)), "n_measured": int(len(m_y)), "bins": BINS,
+            "ece": ece(m_proba, m_y), "temperature": temperature,
+            "ece_scaled": ece(softmax(m_logits, temperature), m_y),
+            "conformal": {**conformal.to_dict(), **conformal.evaluate(m_proba, m_y)}}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from core.calibration import calibration_record
 from core.checkpoint import CARD, read_card, save_checkpoint, verified_files
 from core.data.tasks import get_task, list_tasks
 from core.errors import MMXError
@@ -214,6 +215,7 @@ def release_one(entry: Release, out_root: str | Path = "checkpoints", *, device:
         "data": data_terms(entry.task, data_dir) if not ds.synthetic else {"sources": [], "research_only": False,
                                                                  "terms": "SYNTHETIC demo data"},
         "command": command,
+        "calibration": calibration_record(method, ds, split),
         "release": {"key": key, "code": code},
     }
     save_checkpoint(method, folder, task=entry.task, metrics=scored["metrics"], data_hash=data_hash, extra=extra)

@@ -90,9 +90,10 @@ def show_error(e: Exception) -> None:
     st.error(str(e) if isinstance(e, MMXError) else f"Unexpected error: {type(e).__name__}: {e}")
 
 
-def prediction_set(method, proba) -> str:
+def prediction_set(method, proba, altered: bool = False) -> str:
     """One sample's conformal prediction set, as shown beside every prediction (the card's
-    calibration; see :mod:`core.calibration`)."""
+    calibration; see :mod:`core.calibration`). ``altered``: the input was masked or lacks a
+    modality, which the calibration samples did not."""
     from core.calibration import Conformal
 
     conformal = Conformal.from_card(getattr(method, "card", None))
@@ -100,4 +101,16 @@ def prediction_set(method, proba) -> str:
         return "no prediction set: this model's card records no calibration"
     members = conformal.sets(proba)[0]
     level = f"{100 * conformal.confidence:.0f}% prediction set"
-    return f"{level}: {{{', '.join(members)}}}" if members else f"{level}: empty (no class is plausible enough)"
+    text = f"{level}: {{{', '.join(members)}}}" if members else f"{level}: empty (no class is plausible enough)"
+    return text + (" (calibrated on complete inputs; the guarantee does not cover this one)" if altered else "")
+
+
+def show_prediction_set(method, proba, altered: bool = False) -> None:
+    """The prediction set as a caption, with what it means on hover."""
+    st.caption(prediction_set(method, proba, altered), help=SET_HELP)
+
+
+SET_HELP = ("Split-conformal prediction set: every class the model cannot rule out at this level. Over samples like "
+            "the model's calibration samples, the set holds the true class at least this often. An empty set says "
+            "no class is likely enough; a large set says the model is unsure. Calibration and coverage: the model "
+            "card and results/<task>/calibration.md.")

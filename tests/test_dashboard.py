@@ -87,6 +87,9 @@ def test_every_page_renders_for_a_shipped_model(data_dir, model):
         assert not at.error, [e.value for e in at.error]
     _page(at, "pages/predict.py")
     assert _charts(at) and "Predicted class" in _metrics(at)
+    sets = [c.value for c in at.caption if "90% prediction set: {" in c.value]
+    predicted = _metrics(at)["Predicted class"]
+    assert sets and (predicted in sets[0] or "empty" in sets[0]), "every prediction carries its prediction set"
     _page(at, "pages/informativeness.py")
     if model.endswith("mm_dynamics"):
         assert len(_charts(at)) >= 2  # a patch map or top features, and more
@@ -110,6 +113,8 @@ def test_toggling_a_modality_moves_the_probabilities(data_dir):
     after = _charts(at)[0]["data"]
     assert len(after) == 2 and not np.allclose(_x(after[0]), _x(after[1]))  # masked beside unmasked, different
     assert "Masked: predicted class" in _metrics(at)
+    assert sum("prediction set" in c.value for c in at.caption) == 2  # unmasked and masked
+    assert any("guarantee does not cover" in c.value for c in at.caption)
     at.selectbox(key="how:rna").set_value("zeros").run()
     zeros = _x(_charts(at)[0]["data"][1])
     assert not np.allclose(zeros, _x(after[1]))  # another way of switching off, another answer

@@ -14,10 +14,12 @@ import torch
 
 import train
 from core import metrics
-from core.checkpoint import load_checkpoint, read_card
+from core.calibration import calibration_record
+from core.checkpoint import load_checkpoint, read_card, update_card
 from core.data.tasks import get_task
 from core.errors import MMXError
 from core.evaluate import evaluate
+from core.experiments.calibration import run_calibration
 from core.metrics import SIX
 from core.paths import REPO_ROOT
 from core.release import RELEASE, release_one, release_set
@@ -25,7 +27,7 @@ from core.shipped import available, load
 
 SHIPPED = {(m.task, m.name): m for m in available(REPO_ROOT / "checkpoints")}
 CARD_FIELDS = {"task", "method", "config", "classes", "modalities", "sizes", "metrics", "data_hash", "training_seconds",
-               "device", "versions", "files", "command", "data", "split", "release"}
+               "device", "versions", "files", "command", "data", "split", "release", "calibration"}
 
 
 # ------------------------------------------------------------------ the release on the synthetic demo
@@ -48,6 +50,25 @@ def test_release_writes_a_whole_card_per_model(demo_release, demo):
         m = load_checkpoint(folder)
         result = evaluate(m, "demo")
         assert result["metrics"] == pytest.approx(card["metrics"], abs=1e-6)
+
+
+def test_calibration_experiment_records_every_card(demo_release, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("MMX_CHECKPOINTS", str(demo_release))
+    before = {f.parent.name: read_card(f.parent) for f in demo_release.glob("demo/*/card.json")}
+    written = run_calibration("demo", tmp_path)
+    md = (tmp_path / "demo" / "calibration.md").read_text()
+    assert "SYNTHETIC" in md and "python train.py --experiment cells/calibration --task demo" in md
+    assert {p.name for p in written} >= {"calibration.md", "calibration.json"}
+    for name, old in before.items():
+        card = read_card(demo_release / "demo" / name)
+        assert f"| {name} |" in md
+        assert card["calibration"]["conformal"]["coverage"] == json.loads(
+            (tmp_path / "demo" / "calibration.json").read_text())["records"][name]["conformal"]["coverage"]
+        assert {k: v for k, v in card.items() if k != "calibration"} == {k: v for k, v in old.items()
+                                                                          if k != "calibration"}
+        load_checkpoint(demo_release / "demo" / name)  # still verifies
+    with pytest.raises(MMXError, match="define the model"):
+        update_card(demo_release / "demo" / "early_lr", classes=["x"])
 
 
 def test_release_keeps_fresh_folders_and_redoes_broken_ones(demo_release, one_thread):
@@ -98,6 +119,12 @@ def test_shipped_model_loads_predicts_and_gives_back_its_card_metrics(key, data_
     result = evaluate(model, task)
     for k, v in card["metrics"].items():  # float kernels differ in the last bits between CPUs (AVX2, AVX-512)
         assert result["metrics"][k] == pytest.approx(v, abs=1e-4), k
+    again = calibration_record(model, model.check_data(td.dataset), split)  # the card's calibration holds here
+    rec = card["calibration"]
+    assert again["ece"] == pytest.approx(rec["ece"], abs=1e-4)
+    for k in ("coverage", "mean_set_size"):
+        assert again["conformal"][k] == pytest.approx(rec["conformal"][k], abs=1e-2), k
+    assert rec["conformal"]["coverage"] >= 0.8, "the 90 % sets miss badly on the test part"
 
 
 def test_unknown_shipped_model_names_the_available_ones():

@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from core.calibration import Conformal
 from core.explain.live import Masking, live_predict, patch_ablation, patch_grid, patch_size
 from core.explain.sample import Sample
 from core.models.base import Method
@@ -25,6 +26,19 @@ from core.viz.explain import (
 from core.viz.export import figure_bytes, static_export_available
 
 
+def _with_sets(method: Method, live) -> pd.DataFrame:
+    """The probability table with each class's membership of the conformal prediction set (the
+    card's calibration), unmasked and, when a mask is on, masked."""
+    table = live.table()
+    conformal = Conformal.from_card(getattr(method, "card", None))
+    if conformal is not None:
+        level = f"{100 * conformal.confidence:.0f}%"
+        table[f"in {level} set"] = conformal.membership(live.unmasked.proba)[0]
+        if live.masking.active:
+            table[f"in {level} set, masked"] = conformal.membership(live.masked.proba)[0]
+    return table
+
+
 def sample_items(method: Method, sample: Sample, masking: Masking | None = None,
                  k: int = 10) -> dict[str, go.Figure | pd.DataFrame]:
     """The figures and tables that explain ``sample`` under ``masking``, by file stem."""
@@ -33,7 +47,7 @@ def sample_items(method: Method, sample: Sample, masking: Masking | None = None,
     items: dict[str, go.Figure | pd.DataFrame] = {
         "probabilities": probability_figure(info.classes, info.proba[0],
                                             live.masked.proba[0] if live.masking.active else None),
-        "probabilities_table": live.table(),
+        "probabilities_table": _with_sets(method, live),
     }
     for m in info.feature_scores:
         if not np.isnan(info.feature_scores[m][0]).all():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-from common import figure, shipped_models, show_error, table
+from common import figure, shipped_models, show_error, show_prediction_set, table
 from explained import ablation_curve, cohort, unmasked
 from picker import IMAGE_NAMES, Current, page
 
@@ -71,6 +71,11 @@ def image_section(cur: Current, m: str) -> None:
         b.metric(f"{len(chosen)} patch{'' if len(chosen) == 1 else 'es'} masked", f"{100 * p1:.1f}%",
                  delta=f"{100 * (p1 - p0):+.1f} pp", delta_color="normal" if abs(p1 - p0) >= 5e-4 else "off",
                  help=f"predicted class now: {live.top[1]}")
+        with a:
+            show_prediction_set(cur.method, info.proba[0])
+        if chosen:
+            with b:
+                show_prediction_set(cur.method, live.masked.proba[0], altered=True)
         st.image(model_input(cur.method, cur.sample, m, masking), width=300,
                  caption=f"what the model sees: {len(ranked)} patches in {order} order + {len(picked)} clicked, "
                          f"masked gray; it now predicts {live.top[1]}")

@@ -3,7 +3,7 @@ patches are switched off (live: only this part reruns)."""
 from __future__ import annotations
 
 import streamlit as st
-from common import figure, show_error, table
+from common import figure, show_error, show_prediction_set, table
 from explained import report, unmasked
 from picker import IMAGE_NAMES, Current, browse, page
 
@@ -69,6 +69,12 @@ def live(cur: Current) -> None:
                   delta_color="normal" if abs(p_after - p_before) >= 5e-4 else "off")
     else:
         c3.metric("Masked", "nothing masked", help="switch a modality off or mask patches to compare")
+    with c1:
+        show_prediction_set(cur.method, result.unmasked.proba[0],
+                            altered=len(cur.sample.present) < len(cur.method.predicts_from()))
+    if masking.active:
+        with c3:
+            show_prediction_set(cur.method, result.masked.proba[0], altered=True)
     unsure = min(0.5, 2 / len(classes))
     if p_before < unsure:
         st.warning(f"The model is unsure: its top class gets {100 * p_before:.0f}% (an even guess over "
