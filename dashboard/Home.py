@@ -11,6 +11,7 @@ pages = [
     st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
     st.Page("pages/informativeness.py", title="Informativeness", icon=":material/grid_on:"),
     st.Page("pages/modality_weights.py", title="Modality weights", icon=":material/balance:"),
+    st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/leaderboard:"),
 ]
 page = st.navigation(pages)
 page.run()

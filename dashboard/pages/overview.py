@@ -40,6 +40,13 @@ for info in list_tasks():
             row["available"] = False
     rows.append(row)
 
+def _calibration(m, *path: str) -> float | None:
+    v = (m.card or {}).get("calibration")
+    for k in path:
+        v = (v or {}).get(k)
+    return None if v is None else round(100 * v, 1)
+
+
 st.subheader("Shipped models")
 models = shipped_models()
 if not models:
@@ -52,6 +59,7 @@ else:
         "balanced accuracy %": round(100 * m.metrics["balanced_accuracy"], 1) if m.metrics else None,
         "F1 weighted %": round(100 * m.metrics["f1_weighted"], 1) if m.metrics else None,
         "test samples": (m.card or {}).get("sizes", {}).get("scored"),
+        "ECE %": _calibration(m, "ece"), "90% set coverage %": _calibration(m, "conformal", "coverage"),
         "size MB": round(m.size_bytes / 1e6, 2), "research only": m.research_only,
         "method": (m.card or {}).get("method", ""), "title": (m.card or {}).get("title", ""),
         "synthetic": bool((m.card or {}).get("synthetic")), "problem": m.error or "",
@@ -60,8 +68,10 @@ else:
                  column_config={"title": st.column_config.TextColumn(width="large")})
     st.download_button("Download table (CSV)", shipped.to_csv(index=False), "shipped_models.csv", "text/csv",
                        key="shipped-csv")
-    st.caption("Metrics are on each model's held-out test split (its card says which). Models trained on Derm7pt are "
-               "for research use only, as the Derm7pt images are.")
+    st.caption("Metrics are on each model's held-out test split (its card says which). ECE (15 bins) and the coverage "
+               "of the 90% conformal prediction sets are measured on test samples the calibration did not see "
+               "(results/<task>/calibration.md). Models trained on Derm7pt are for research use only, as the Derm7pt "
+               "images are.")
     weak = shipped[shipped["balanced accuracy %"] < 50]
     if len(weak):
         st.caption("Weak (balanced accuracy below 50 %): " + ", ".join(f"{r.task}/{r.model}" for r in weak.itertuples())
