@@ -61,3 +61,119 @@ def effects(cur: Current) -> pd.DataFrame:
 def report(cur: Current, masking: Masking) -> bytes:
     """The sample's report zip (built when the download is clicked)."""
     return sample_report(cur.method, cur.sample, masking)
+
+
+# ------------------------------------------------------------ guidance and missing modalities
+def _model_files(model_key: str, code_file: str) -> list:
+    """What a per-model disk cache depends on: the checkpoint's files and the computing module."""
+    from pathlib import Path
+
+    from core.paths import checkpoints_dir
+
+    folder = checkpoints_dir() / model_key
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) + [Path(code_file)]
+
+
+@st.cache_data(max_entries=8, show_spinner="Comparing the unguided and guided heads over the test split (once per "
+                                            "model)…")
+def _guidance_cohort(model_key: str, _method) -> tuple[pd.DataFrame, dict]:
+    from core.data.cache import cached_json
+    from core.explain import guidance
+
+    cohort = load_cohort(*model_key.split("/"))
+    data, idx = cohort.data, cohort.idx
+
+    def build() -> dict:
+        return {"deltas": guidance.class_deltas(_method, data, idx).to_dict("list"),
+                "mcnemar": guidance.head_test(_method, data, idx)}
+
+    out = cached_json(_model_files(model_key, guidance.__file__),
+                      f"guidance-cohort|{model_key}|{data.data_hash()}|{len(idx)}", build)
+    return pd.DataFrame(out["deltas"]), out["mcnemar"]
+
+
+def guidance_cohort(cur: Current) -> tuple[pd.DataFrame, dict]:
+    """Per-class precision / recall / F1 of I and G(I)+I over the test split, and McNemar's test of
+    the two heads there (disk-cached per checkpoint and data)."""
+    return _guidance_cohort(cur.model_key, cur.method)
+
+
+@st.cache_data(max_entries=8, show_spinner="Embedding z_I, G(z_I) and z_S with UMAP (once per model, then read "
+                                            "from the disk cache)…")
+def _latent_points(model_key: str, _method) -> pd.DataFrame:
+    from core.data.cache import cached_json
+    from core.explain import guidance
+
+    cohort = load_cohort(*model_key.split("/"))
+
+    def build() -> dict:
+        points = guidance.latent_map(_method, cohort.data, cohort.idx)
+        return {"points": points.astype({c: float for c in ("mapping_error", "x", "y")}).astype({"id": str}).to_dict(
+            "list")}
+
+    out = cached_json(_model_files(model_key, guidance.__file__),
+                      f"guidance-umap|{model_key}|{cohort.data.data_hash()}|{len(cohort.idx)}", build)
+    return pd.DataFrame(out["points"])
+
+
+def latent_points(cur: Current) -> pd.DataFrame:
+    """The UMAP of z_I, G(z_I) and z_S over the test split (seeded; disk-cached, so a restart does
+    not embed again)."""
+    return _latent_points(cur.model_key, cur.method)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def results_payload(task: str, experiment: str) -> dict | None:
+    """A committed experiment's JSON (``results/<task>/<experiment>.json``), None when absent."""
+    import json
+
+    from core.paths import REPO_ROOT
+
+    path = REPO_ROOT / "results" / task / f"{experiment}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _guidance_results(task: str, inferior: str, superior: tuple[str, ...]) -> tuple[str, str, int] | None:
+    from core.experiments.guidance import rows_table
+
+    payload = results_payload(task, "guidance")
+    if payload is None:
+        return None
+    columns = {r["column"] for r in payload["runs"]}
+    column = next((c for c in (f"{inferior}<-{'+'.join(superior)}", "diagnosis") if c in columns), None)
+    if column is None:
+        return None
+    table = rows_table(payload["runs"], [(column, "balanced_accuracy", "Balanced accuracy"),
+                                         (column, "f1_micro", "F1 micro")])
+    return table, column, sum(r["column"] == column for r in payload["runs"])
+
+
+def guidance_results(cur: Current) -> tuple[str, str, int] | None:
+    """The committed experiment's rows for this model's modalities (Markdown table, its column,
+    the number of runs), or None when ``results/<task>/guidance.json`` has none."""
+    m = cur.method
+    return _guidance_results(cur.shipped.task, m.inferior, tuple(m.superior))
+
+
+def missing_samples(cur: Current, names: dict[str, str]) -> dict[str, object]:
+    """The current sample for each compared model (``names``: method -> checkpoint name), shaped
+    for it: by id from its own test split, or the same upload read for it."""
+    from picker import _read
+
+    from core.explain.missing import matching_samples
+
+    task = cur.shipped.task
+    if cur.key.split("|")[1] == "test":
+        cohorts = {n: load_cohort(task, ck) for n, ck in names.items()}
+    else:
+        images, table = [], None
+        for m, spec in cur.method.specs.items():
+            f = st.session_state.get(f"upload:{cur.model_key}:{m}") if spec.kind == "image" else None
+            if f is not None:
+                images.append((m, f.name, f.getvalue()))
+        f = st.session_state.get(f"upload:{cur.model_key}:table")
+        if f is not None:
+            table = (f.name, f.getvalue())
+        cohorts = {n: _read(f"{task}/{ck}", tuple(images), table) for n, ck in names.items()}
+    return matching_samples(cohorts, cur.sample.id)

@@ -13,7 +13,7 @@ from core import metrics
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
 from core.experiments.guidance import torch_threads
-from core.explain.guidance import class_deltas, latent_map, sample_comparison
+from core.explain.guidance import class_deltas, head_test, latent_map, sample_comparison
 from core.models import get_method
 from core.models.guidance import Decoder, _GuideStage, _TaskStage
 from core.train import loop
@@ -243,6 +243,11 @@ def test_comparison_api(fitted):
     recall_i = [(pred_i[y == c] == c).mean() for c in range(ds.n_classes)]
     assert np.allclose(d["recall I"], recall_i) and list(d["support"]) == list(np.bincount(y, minlength=6))
     assert np.allclose(d["delta_f1"], d["f1 G(I)+I"] - d["f1 I"])
+    test = head_test(m, ds, split.test)
+    pred_g = m.predict(ds, split.test).label
+    assert test["accuracy I"] == pytest.approx((pred_i == y).mean()) and test["n"] == len(y)
+    assert test["only G(I)+I right"] == ((pred_g == y) & (pred_i != y)).sum()
+    assert test["p"] == pytest.approx(metrics.mcnemar(y, pred_i, pred_g))
 
     idx = split.test[:40]
     pts = latent_map(m, ds, idx)

@@ -55,6 +55,22 @@ def class_deltas(method, data: MultimodalDataset, idx: np.ndarray) -> pd.DataFra
     return table
 
 
+def head_test(method, data: MultimodalDataset, idx: np.ndarray) -> dict:
+    """Over the cohort ``idx``: each head's accuracy, the samples only one head gets right, and
+    McNemar's exact two-sided p-value (the two heads judged on the same samples)."""
+    from core.metrics import mcnemar
+
+    _check(method)
+    idx = np.asarray(idx)
+    y = data.y[torch.as_tensor(idx)].numpy()
+    pred = {h: method.predict(data, idx, head=h).label for h in (UNGUIDED, GUIDED)}
+    right_i, right_g = pred[UNGUIDED] == y, pred[GUIDED] == y
+    return {"n": int(len(y)), f"accuracy {UNGUIDED}": float(right_i.mean()),
+            f"accuracy {GUIDED}": float(right_g.mean()),
+            f"only {UNGUIDED} right": int((right_i & ~right_g).sum()),
+            f"only {GUIDED} right": int((~right_i & right_g).sum()), "p": mcnemar(y, pred[UNGUIDED], pred[GUIDED])}
+
+
 def latent_map(method, data: MultimodalDataset, idx: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> pd.DataFrame:
     """2-D UMAP of z_I, G(z_I) and z_S for the cohort ``idx``, with each sample's mapping error
     (mean squared error between G(z_I) and z_S, what G was trained to minimise).
