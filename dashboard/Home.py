@@ -11,6 +11,7 @@ pages = [
     st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
     st.Page("pages/informativeness.py", title="Informativeness", icon=":material/grid_on:"),
     st.Page("pages/modality_weights.py", title="Modality weights", icon=":material/balance:"),
+    st.Page("pages/explainers.py", title="Explainers", icon=":material/compare:"),
     st.Page("pages/guidance.py", title="Guidance", icon=":material/alt_route:"),
     st.Page("pages/missing.py", title="Missing modalities", icon=":material/extension_off:"),
     st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/leaderboard:"),

@@ -177,3 +177,28 @@ def missing_samples(cur: Current, names: dict[str, str]) -> dict[str, object]:
             table = (f.name, f.getvalue())
         cohorts = {n: _read(f"{task}/{ck}", tuple(images), table) for n, ck in names.items()}
     return matching_samples(cohorts, cur.sample.id)
+
+
+# ------------------------------------------------------------ explainers and their faithfulness
+@st.cache_data(max_entries=32, show_spinner="Explaining this sample with each explainer (captum)…")
+def _explainers(key: str, names: tuple[str, ...], _method, _sample) -> tuple[dict, dict]:
+    from core.explain.faithfulness import explanations
+
+    return explanations(_method, _sample.data, None, names)
+
+
+def sample_explanations(cur: Current, names: tuple[str, ...]) -> tuple[dict[str, Informativeness], dict]:
+    """The sample explained by each of ``names`` (``learned`` and captum's), and the seconds each took."""
+    return _explainers(cur.key, names, cur.method, cur.sample)
+
+
+@st.cache_data(max_entries=32, show_spinner="Tracing deletion and insertion curves…")
+def _curves(key: str, names: tuple[str, ...], _method, _sample, _explained):
+    from core.explain.faithfulness import curves
+
+    return curves(_method, _sample.data, None, _explained)
+
+
+def sample_curves(cur: Current, names: tuple[str, ...]):
+    """The sample's deletion and insertion curves for each explainer and a seeded random order."""
+    return _curves(cur.key, names, cur.method, cur.sample, sample_explanations(cur, names)[0])

@@ -47,7 +47,7 @@ def test_home_without_data_says_synthetic(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ pages on the real data
-PAGES = ("pages/predict.py", "pages/informativeness.py", "pages/modality_weights.py")
+PAGES = ("pages/predict.py", "pages/informativeness.py", "pages/modality_weights.py", "pages/explainers.py")
 
 
 def _app(model: str | None = None) -> AppTest:
@@ -98,6 +98,30 @@ def test_every_page_renders_for_a_shipped_model(data_dir, model):
     _page(at, "pages/modality_weights.py")
     effects = _table_with(at, "accuracy drop (pp)")
     assert effects["switched off"].iloc[0] == "none" and effects["accuracy drop (pp)"].iloc[0] == 0
+
+
+def test_explainers_page_shows_every_map_and_its_curves(data_dir):
+    at = _page(_app("derm7pt/mm_dynamics"), "pages/explainers.py")
+    assert not at.error, [e.value for e in at.error]
+    names = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    for title in ("Learned FI", "Integrated Gradients", "Occlusion", "GradientSHAP"):
+        assert names.count(title) == 2, (title, names)  # one map per photo (clinic, derm)
+    assert any(n.startswith("Deletion and insertion") for n in names)
+    auc = _table_with(at, "deletion AUC")
+    assert set(auc["explainer"]) == {"Learned FI", "Integrated Gradients", "Occlusion", "GradientSHAP", "Random"}
+    assert auc["deletion AUC"].between(0, 1).all() and auc["insertion AUC"].between(0, 1).all()
+    assert any("Learned FI" in set(d.value.get("Explainer", [])) for d in at.dataframe
+               if "Explainer" in d.value.columns)  # the committed cohort table
+    at.get("button_group")[0].set_value(["integrated_gradients"]).run()
+    names = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert "Occlusion" not in names and names.count("Integrated Gradients") == 2
+
+
+def test_explainers_rank_genes_on_an_omics_model(data_dir):
+    at = _page(_app("cells/guidance_rna_by_protein"), "pages/explainers.py")
+    assert not at.error, [e.value for e in at.error]
+    top = _table_with(at, "Integrated Gradients")
+    assert len(top) == 10 and "Learned FI" not in top.columns  # guidance learns no map; captum explains its RNA
 
 
 def test_cells_image_is_said_to_be_class_matched(data_dir):

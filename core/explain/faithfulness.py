@@ -180,25 +180,36 @@ def curves(method: Method, data: MultimodalDataset, idx: np.ndarray | None, expl
     return out
 
 
-def faithfulness(method: Method, data: MultimodalDataset, idx: np.ndarray | None = None,
-                 explainers: tuple[str, ...] = (LEARNED, *EXPLAINERS), *, steps: int = STEPS,
-                 baseline: str = "mean", seed: int = 0, batch_size: int = 8,
-                 attribution: dict | None = None) -> Faithfulness:
-    """Explain samples ``idx`` with each of ``explainers`` (``learned`` and/or captum's, with
-    :func:`~core.explain.attributions.attribute` options ``attribution``) and trace their curves;
-    ``seconds`` records what each explanation and the curves took."""
+def explanations(method: Method, data: MultimodalDataset, idx: np.ndarray | None = None,
+                 explainers: tuple[str, ...] = (LEARNED, *EXPLAINERS), *, baseline: str = "mean", seed: int = 0,
+                 attribution: dict | None = None) -> tuple[dict[str, Informativeness], dict[str, float]]:
+    """Samples ``idx`` explained by each of ``explainers`` (``learned``: the model's own maps;
+    captum's with :func:`~core.explain.attributions.attribute` options ``attribution``), and the
+    seconds each took."""
     unknown = [e for e in explainers if e != LEARNED and e not in EXPLAINERS]
     if unknown:
         raise MMXError(f"unknown explainers {unknown}; use {LEARNED!r} and/or {EXPLAINERS}")
     idx = sample_rows(data, idx)
-    explanations, seconds = {}, {}
+    out, seconds = {}, {}
     for e in explainers:
         t0 = time.perf_counter()
-        explanations[e] = (explain(method, data, idx) if e == LEARNED else
-                           attribute(method, data, idx, e, baseline=baseline, seed=seed, **(attribution or {})))
+        out[e] = (explain(method, data, idx) if e == LEARNED else
+                  attribute(method, data, idx, e, baseline=baseline, seed=seed, **(attribution or {})))
         seconds[e] = time.perf_counter() - t0
+    return out, seconds
+
+
+def faithfulness(method: Method, data: MultimodalDataset, idx: np.ndarray | None = None,
+                 explainers: tuple[str, ...] = (LEARNED, *EXPLAINERS), *, steps: int = STEPS,
+                 baseline: str = "mean", seed: int = 0, batch_size: int = 8,
+                 attribution: dict | None = None) -> Faithfulness:
+    """Explain samples ``idx`` with each of ``explainers`` (:func:`explanations`) and trace their
+    curves; ``seconds`` records what each explanation and the curves took."""
+    idx = sample_rows(data, idx)
+    explained, seconds = explanations(method, data, idx, explainers, baseline=baseline, seed=seed,
+                                      attribution=attribution)
     t0 = time.perf_counter()
-    result = curves(method, data, idx, explanations, steps=steps, baseline=baseline, seed=seed, batch_size=batch_size)
+    result = curves(method, data, idx, explained, steps=steps, baseline=baseline, seed=seed, batch_size=batch_size)
     result.seconds = {**seconds, "curves": time.perf_counter() - t0}
     return result
 
