@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright against
 ``streamlit run dashboard/Home.py``. One walk through every page as a person would do it: open
 each page from the sidebar, switch a modality off, upload a real PBC image, click a patch on the
-patch map, download a figure as PNG. Full-page screenshots go to ``$MMX_SCREENSHOTS`` (default:
-the test's tmp folder). In CI (``$CI`` set) a missing browser or data fails the test, never skips it.
+patch map, download a figure as PNG, compare explainers, drop modalities, switch to a guidance
+model, read the benchmarks. Full-page screenshots go to ``$MMX_SCREENSHOTS`` (default: the
+test's tmp folder). In CI (``$CI`` set) a missing browser or data fails the test, never skips it.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ VIEWPORT = {"width": 1400, "height": 2200}  # tall: Streamlit's main area scroll
 FIRST_LOAD_MS = 180_000  # the first page loads the models and the test split (a 2-core CPU)
 WAIT_MS = 120_000
 TITLES = {"Home": "Explainable multimodal classification", "Predict": "Predict",
-          "Informativeness": "Feature informativeness", "Modality weights": "Modality weights"}
+          "Informativeness": "Feature informativeness", "Modality weights": "Modality weights",
+          "Explainers": "Explainers", "Missing modalities": "Missing modalities", "Guidance": "Guidance",
+          "Benchmarks": "Benchmarks"}
 
 
 def _need(what: str) -> None:
@@ -251,6 +254,60 @@ def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
             settle(page)
             healthy(page, "Modality weights")
             screenshot(page, shots, "6_modality_weights")
+
+            # Explainers: the learned map beside captum's, their curves for this sample, the cohort table.
+            open_page(page, "Explainers", FIRST_LOAD_MS)
+            page.get_by_role("heading", name="How faithful each explanation is, for this sample").wait_for(
+                timeout=FIRST_LOAD_MS)
+            page.get_by_role("heading", name="Over the test split").wait_for(timeout=FIRST_LOAD_MS)
+            settle(page, FIRST_LOAD_MS)
+            healthy(page, "Explainers")
+            titles = page.locator("[data-testid='stMain'] .js-plotly-plot .gtitle").all_inner_texts()
+            for title in ("Learned FI", "Integrated Gradients", "Occlusion", "GradientSHAP"):
+                assert title in titles, titles
+            screenshot(page, shots, "7_explainers")
+
+            # Missing modalities: keep the image only; every compared model answers again.
+            open_page(page, "Missing modalities", FIRST_LOAD_MS)
+            page.get_by_text("Left out: nothing.", exact=True).wait_for()
+            answers = page.locator("[data-testid='stMain'] [data-testid='stMarkdownContainer']").filter(
+                has_text=re.compile(r"^p\(.+\) = [\d.]+%$"))  # each model's top class and its probability
+            before = answers.all_inner_texts()
+            assert len(before) >= 2, before
+            for m in ("rna", "protein"):
+                page.locator("[data-testid='stCheckbox']").filter(has_text=re.compile(f"^{m}$")).locator(
+                    "label").first.click()
+                settle(page)
+            page.get_by_text("Left out: rna, protein.", exact=False).or_(
+                page.get_by_text("Left out: protein, rna.", exact=False)).first.wait_for()
+            settle(page)
+            healthy(page, "Missing modalities, image only")
+            assert answers.all_inner_texts() != before
+            assert page.get_by_text("guarantee does not cover", exact=False).count() >= 1
+            screenshot(page, shots, "8_missing_modalities")
+
+            # Guidance: the page offers the guidance models; switch to one and see both heads.
+            page.locator("[data-testid='stSidebarNav']").get_by_role("link", name="Guidance").click()
+            page.get_by_role("heading", name=TITLES["Guidance"], exact=True).wait_for()
+            page.get_by_role("button", name="Switch to cells/guidance_rna_by_protein").click()
+            page.get_by_role("heading", name="This sample").wait_for(timeout=FIRST_LOAD_MS)
+            page.get_by_role("heading", name="Where G maps the inferior latents").wait_for(timeout=FIRST_LOAD_MS)
+            page.locator("[data-testid='stMain'] .js-plotly-plot").nth(2).wait_for(timeout=FIRST_LOAD_MS)
+            settle(page, FIRST_LOAD_MS)
+            healthy(page, "Guidance")
+            labels = metric_labels(page)
+            assert any(t.startswith("Unguided (I)") for t in labels) and any(t.startswith("Guided") for t in labels)
+            screenshot(page, shots, "9_guidance")
+
+            # Benchmarks: every committed result by task, with its command.
+            page.locator("[data-testid='stSidebarNav']").get_by_role("link", name="Benchmarks").click()
+            page.get_by_role("heading", name=TITLES["Benchmarks"], exact=True).wait_for()
+            page.get_by_text("Produced by", exact=True).first.wait_for()
+            assert "train.py --experiment" in page.locator("[data-testid='stCode']").first.inner_text()
+            page.locator("[data-testid='stMain'] [data-testid='stDataFrame']:visible").first.wait_for()
+            settle(page)
+            healthy(page, "Benchmarks")
+            screenshot(page, shots, "10_benchmarks")
             print(f"browser walk: {time.monotonic() - started:.0f} s; screenshots in {shots}")
         except Exception:
             print(f"--- streamlit log ---\n{log.read_text(errors='replace')[-4000:]}")

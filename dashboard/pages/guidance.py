@@ -29,8 +29,8 @@ if (cur.shipped.card or {}).get("method") != "guidance":
     guided = [m for m in shipped_models() if m.error is None and (m.card or {}).get("method") == "guidance"]
     guided.sort(key=lambda m: m.task != cur.shipped.task)  # this task's first
     st.info(f"**{cur.model_key}** is not a guidance model. A guidance model predicts from one cheap (inferior) "
-            "modality, steered in training by a costly (superior) one it never needs again (Mallya & Hamarneh, "
-            "MICCAI 2022). " + ("Shipped guidance models:" if guided else "No guidance model is shipped."))
+            "modality, steered in training by a costly (superior) one it never needs again. "
+            + ("Shipped guidance models:" if guided else "No guidance model is shipped."))
     for m in guided:
         st.button(f"Switch to {m.task}/{m.name}: {(m.card or {}).get('title', '')}", key=f"to:{m.task}/{m.name}",
                   on_click=_switch, args=(f"{m.task}/{m.name}",), icon=":material/alt_route:")
