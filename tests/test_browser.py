@@ -262,7 +262,7 @@ def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
             page.get_by_role("heading", name="Over the test split").wait_for(timeout=FIRST_LOAD_MS)
             settle(page, FIRST_LOAD_MS)
             healthy(page, "Explainers")
-            titles = page.locator("[data-testid='stMain'] .js-plotly-plot .gtitle").all_inner_texts()
+            titles = page.locator("[data-testid='stMain'] .js-plotly-plot .gtitle").all_text_contents()
             for title in ("Learned FI", "Integrated Gradients", "Occlusion", "GradientSHAP"):
                 assert title in titles, titles
             screenshot(page, shots, "7_explainers")
