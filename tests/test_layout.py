@@ -14,8 +14,8 @@ LAYERS = (
     ("core", "core.errors", "core.paths", "core.metrics", "core.stats"),
     ("core.data",),
     ("core.train",),
-    ("core.models",),
-    ("core.explain", "core.checkpoint", "core.viz", "core.shipped", "core.evaluate"),
+    ("core.models", "core.pretrain"),
+    ("core.explain", "core.checkpoint", "core.viz", "core.shipped", "core.evaluate", "core.calibration"),
     ("core.experiments", "core.release"),
 )
 
