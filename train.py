@@ -5,6 +5,7 @@ Examples:
   python train.py --task rosmap --method late_mlp --epochs 50 --seeds 0,1
   python train.py --experiment cells/image_dynamics     # a named reproduction table
   python train.py --release [--task pbc]                # train the shipped models into checkpoints/
+  python train.py --pretrain                            # self-supervised image encoder (checkpoints/encoders/)
   python train.py --evaluate checkpoints/pbc/cnn --data-dir my_images/   # class sub-folders
   python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells.h5mu --label lineage
   python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells  # its own test split
@@ -71,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="results", help="results folder (default: results)")
     p.add_argument("--release", action="store_true", help="train the shipped models (all, or --task's) into "
                    "--checkpoint-dir; folders whose card matches the code and data are kept")
+    p.add_argument("--pretrain", action="store_true", help="pretrain the image encoder (SimCLR) on the images no test "
+                   "split holds, into --checkpoint-dir/encoders/ (default: checkpoints/encoders/); resumes a killed "
+                   "run; --epochs sets its epochs")
     p.add_argument("--checkpoint-dir", default=None, help="where --release writes (default: checkpoints/)")
     p.add_argument("--evaluate", metavar="CHECKPOINT", help="score a checkpoint folder on --data-dir (labelled)")
     p.add_argument("--predict", metavar="CHECKPOINT", help="class probabilities of a checkpoint on --data-dir "
@@ -114,6 +118,20 @@ def run_release(args: argparse.Namespace, command: str) -> int:
     print(table(out))
     print(f"{sum(o.status == 'trained' for o in out)} trained, {sum(o.status == 'kept' for o in out)} kept, "
           f"{time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace, command: str) -> int:
+    from pathlib import Path
+
+    from core.pretrain import NAME, Recipe, pretrain, read_encoder_card
+
+    recipe = Recipe(**({"epochs": args.epochs} if args.epochs else {}))
+    out = Path(args.checkpoint_dir) / "encoders" / NAME if args.checkpoint_dir else None
+    folder = pretrain(out, recipe, data_dir=args.data_dir, progress=True, command=command)
+    card = read_encoder_card(folder)
+    print(f"wrote {folder}: {card['pool']['images']} images {card['pool']['by_task']}, final loss "
+          f"{card['losses'][-1]:.3f}, {card['training_seconds']:.0f} s")
     return 0
 
 
@@ -164,6 +182,8 @@ def main(argv=None) -> int:
             return run_release(args, "python train.py " + shlex.join(argv))
         if args.evaluate or args.predict:
             return run_evaluate(args)
+        if args.pretrain:
+            return run_pretrain(args, "python train.py " + shlex.join(argv))
         if args.experiment:
             from core.experiments import get_experiment
 

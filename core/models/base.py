@@ -18,6 +18,7 @@ from core.data.dataset import ModalitySpec, MultimodalDataset
 from core.data.splits import Split
 from core.errors import MMXError
 from core.models.absent import check_settings, drop_modalities, fill_absent
+from core.models.encoders import init_pretrained
 from core.models.masking import MaskSpec, apply_mask, parse_mask
 from core.models.prep import InputPrep
 from core.train import loop
@@ -39,6 +40,8 @@ class DeepConfig(MethodConfig):
     train: loop.TrainConfig = field(default_factory=loop.TrainConfig)
     missing: str = "native"  # absent modalities: native | zeros | mean | gray (see core.models.absent)
     modality_dropout: float = 0.0  # training only: drop each observed modality with this probability
+    encoder: str = "small"  # image encoder: small | resnet | pretrained (see core.models.encoders)
+    freeze_encoder: bool = False  # pretrained only: keep the self-supervised trunk fixed
 
 
 @dataclass
@@ -238,6 +241,7 @@ class TorchMethod(Method):
 
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
         self.net = self.build_net()  # fresh weights drawn under the seed just set
+        init_pretrained(self.net)
         self.module().to(self.device)
         return loop.fit(self.net, self.forward, data, split.train, split.val, self.config.train, self.device,
                         seed, progress, callback)

@@ -9,7 +9,7 @@ from torch import nn
 
 from core.errors import MMXError
 from core.models.base import DeepConfig, Net, TorchMethod
-from core.models.encoders import SmallCNN
+from core.models.encoders import SmallCNN, image_encoder
 from core.models.registry import register_method
 from core.train.loop import TrainConfig
 from core.train.output import ModelOutput
@@ -25,10 +25,13 @@ class CNNConfig(DeepConfig):
 
 
 class CNNNet(Net):
-    def __init__(self, modality: str, in_channels: int, n_classes: int, latent: int, dropout: float, hidden: int):
+    def __init__(self, modality: str, in_channels: int, n_classes: int, latent: int, dropout: float, hidden: int,
+                 encoder: str = "small", freeze: bool = False):
         super().__init__()
         self.modality = modality
-        self.encoder = SmallCNN(in_channels, latent, hidden=hidden, dropout=dropout)
+        small = encoder == "small" and not freeze  # the seed study's CNN keeps its own hidden width
+        self.encoder = (SmallCNN(in_channels, latent, hidden=hidden, dropout=dropout) if small
+                        else image_encoder(in_channels, latent, dropout, encoder, freeze))
         self.classifier = nn.Linear(latent, n_classes)
 
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
@@ -49,5 +52,6 @@ class CNN(TorchMethod):
 
     def build_net(self) -> Net:
         (m, spec), = self.specs.items()
-        return CNNNet(m, spec.image_shape[0], self.n_classes, self.config.latent, self.config.dropout,
-                      self.config.hidden)
+        cfg = self.config
+        return CNNNet(m, spec.image_shape[0], self.n_classes, cfg.latent, cfg.dropout, cfg.hidden, cfg.encoder,
+                      cfg.freeze_encoder)

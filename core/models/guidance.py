@@ -36,7 +36,7 @@ from core.data.dataset import ModalitySpec, MultimodalDataset
 from core.data.splits import Split
 from core.errors import MMXError
 from core.models.base import Method, MethodConfig, Net, Prediction
-from core.models.encoders import build_encoder
+from core.models.encoders import build_encoder, init_pretrained
 from core.models.masking import parse_mask
 from core.models.registry import register_method
 from core.train import loop
@@ -56,6 +56,8 @@ class GuidanceConfig(MethodConfig):
     latent: int = 256  # latent width of each modality's encoder
     latent_sizes: dict = field(default_factory=dict)  # per-modality widths overriding ``latent``
     dropout: float = 0.5  # inside the encoders
+    encoder: str = "small"  # image encoders of C_I and C_S: small | resnet | pretrained (core.models.encoders)
+    freeze_encoder: bool = False  # pretrained only: keep the self-supervised trunk fixed
     guide_hidden: int = 512  # G: z_I -> hidden -> bottleneck -> hidden -> z_S
     bottleneck: int = 256
     guide_dropout: float = 0.1
@@ -71,9 +73,11 @@ class GuidanceConfig(MethodConfig):
 class ModalityClassifier(Net):
     """C_I or C_S: one encoder per modality, latents concatenated into z, a linear head."""
 
-    def __init__(self, specs: dict[str, ModalitySpec], sizes: dict[str, int], dropout: float, n_classes: int):
+    def __init__(self, specs: dict[str, ModalitySpec], sizes: dict[str, int], dropout: float, n_classes: int,
+                 encoder: str = "small", freeze: bool = False):
         super().__init__()
-        self.encoders = nn.ModuleDict({m: build_encoder(s, sizes[m], dropout) for m, s in specs.items()})
+        self.encoders = nn.ModuleDict({m: build_encoder(s, sizes[m], dropout, encoder, freeze)
+                                       for m, s in specs.items()})
         self.width = sum(sizes[m] for m in specs)
         self.head = nn.Linear(self.width, n_classes)
 
@@ -239,8 +243,9 @@ class GuidanceMethod(Method):
     def build_net(self) -> GuidanceNet:
         cfg = self.config
         sizes = {m: int(cfg.latent_sizes.get(m, cfg.latent)) for m in self.specs}
-        c_i = ModalityClassifier({self.inferior: self.specs[self.inferior]}, sizes, cfg.dropout, self.n_classes)
-        c_s = ModalityClassifier({m: self.specs[m] for m in self.superior}, sizes, cfg.dropout, self.n_classes)
+        enc = (cfg.encoder, cfg.freeze_encoder)
+        c_i = ModalityClassifier({self.inferior: self.specs[self.inferior]}, sizes, cfg.dropout, self.n_classes, *enc)
+        c_s = ModalityClassifier({m: self.specs[m] for m in self.superior}, sizes, cfg.dropout, self.n_classes, *enc)
         return GuidanceNet(c_i, c_s, cfg, self.n_classes)
 
     def required_modalities(self) -> tuple[str, ...]:
@@ -278,6 +283,7 @@ class GuidanceMethod(Method):
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
         t0 = time.perf_counter()
         self.net = self.build_net()
+        init_pretrained(self.net)
         self.module().to(self.device)
         has_i = data.present[self.inferior].numpy()
         has_s = np.logical_and.reduce([data.present[m].numpy() for m in self.superior])

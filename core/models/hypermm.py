@@ -33,7 +33,7 @@ from torch import nn
 from core.data.dataset import ModalitySpec
 from core.errors import MMXError
 from core.models.base import Method, MethodConfig, Net
-from core.models.encoders import OmicsEncoder, SmallCNN
+from core.models.encoders import OmicsEncoder, SmallCNN, image_encoder, init_pretrained
 from core.models.registry import register_method
 from core.train import loop
 from core.train.loop import TrainConfig
@@ -42,14 +42,16 @@ from core.train.output import ModelOutput
 log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean", "sum", "max")
-BACKBONES = ("auto", "vgg11", "small_cnn")
+BACKBONES = ("auto", "vgg11", "small_cnn", "resnet", "pretrained")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class HyperMMConfig(MethodConfig):
-    backbone: str = "auto"  # auto (VGG11 when cached, else small_cnn) | vgg11 | small_cnn; resolved at build
+    # auto (VGG11 when cached, else small_cnn) | vgg11 | small_cnn | resnet | pretrained (core.models.encoders)
+    backbone: str = "auto"
+    freeze_encoder: bool = False  # backbone 'pretrained' only: keep the self-supervised trunk fixed
     width: int = 128  # output width of the hypernetwork layer (and of the small CNN backbone)
     embedding_dim: int = 8  # learned modality embedding fed to the hypernetwork
     hyper_hidden: int = 32  # hidden units of the hypernetwork MLP
@@ -97,11 +99,15 @@ class VGGFeatures(nn.Module):
         return F.adaptive_avg_pool2d(self.features((x - self.mean) / self.std), 1).flatten(1)
 
 
-def build_backbone(choice: str, in_channels: int, width: int, pretrained: bool = True) -> tuple[nn.Module, str]:
-    """The image backbone and its resolved name (``vgg11`` or ``small_cnn``). ``pretrained=False``:
-    VGG11 layers without the ImageNet weights, for a model whose weights come from a checkpoint."""
+def build_backbone(choice: str, in_channels: int, width: int, pretrained: bool = True,
+                   freeze: bool = False) -> tuple[nn.Module, str]:
+    """The image backbone and its resolved name (``vgg11``, ``small_cnn``, ``resnet`` or
+    ``pretrained``). ``pretrained=False``: VGG11 layers without the ImageNet weights, for a model
+    whose weights come from a checkpoint."""
     if choice not in BACKBONES:
         raise MMXError(f"backbone={choice!r} is not one of {BACKBONES}")
+    if choice in ("resnet", "pretrained"):
+        return image_encoder(in_channels, width, 0.0, choice, freeze), choice
     weights = None if choice == "small_cnn" else cached_vgg11_weights()
     if choice == "vgg11" and (in_channels != 3 or (weights is None and pretrained)):
         raise MMXError("backbone='vgg11' needs 3-channel images and the ImageNet VGG11 weights in the torchvision "
@@ -158,7 +164,8 @@ class UniversalExtractor(nn.Module):
             raise MMXError("HyperMM shares one backbone across image modalities; "
                            f"their channel counts differ {channels}")
         self.backbone, self.backbone_name = (
-            build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained) if channels else (None, "none"))
+            build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained, cfg.freeze_encoder) if channels
+            else (None, "none"))
         dim = self.backbone.out_features if self.backbone is not None else cfg.width
         self.adapters = nn.ModuleDict({m: OmicsEncoder(s.n_features, dim, cfg.adapter_dropout)
                                        for m, s in specs.items() if s.kind == "omics"})
@@ -313,6 +320,7 @@ class HyperMM(Method):
 
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
         self.phi, self.rho = self._build()  # fresh weights drawn under the seed just set
+        init_pretrained(self.phi)
         self.module().to(self.device)
         first = self.fit_phi(data, split, seed, progress, callback)
         second = self.fit_rho(data, split, seed, progress, callback)

@@ -22,9 +22,10 @@ class LateMLPConfig(DeepConfig):
 
 
 class LateFusionNet(Net):
-    def __init__(self, specs, n_classes: int, latent: int, dropout: float):
+    def __init__(self, specs, n_classes: int, latent: int, dropout: float, encoder: str = "small",
+                 freeze: bool = False):
         super().__init__()
-        self.encoders = nn.ModuleDict({m: build_encoder(s, latent, dropout) for m, s in specs.items()})
+        self.encoders = nn.ModuleDict({m: build_encoder(s, latent, dropout, encoder, freeze) for m, s in specs.items()})
         self.heads = nn.ModuleDict({m: nn.Linear(latent, n_classes) for m in specs})
 
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
@@ -41,4 +42,5 @@ class LateMLP(TorchMethod):
     native_absence = "left out: the logits are averaged over the modalities present"
 
     def build_net(self) -> Net:
-        return LateFusionNet(self.specs, self.n_classes, self.config.latent, self.config.dropout)
+        cfg = self.config
+        return LateFusionNet(self.specs, self.n_classes, cfg.latent, cfg.dropout, cfg.encoder, cfg.freeze_encoder)

@@ -102,7 +102,8 @@ def xavier_init(net: nn.Module) -> nn.Module:
 
 
 def _encoders(specs: dict[str, ModalitySpec], cfg: FusionConfig) -> nn.ModuleDict:
-    return nn.ModuleDict({m: build_encoder(s, cfg.latent_size(m, s), cfg.dropout) for m, s in specs.items()})
+    return nn.ModuleDict({m: build_encoder(s, cfg.latent_size(m, s), cfg.dropout, cfg.encoder, cfg.freeze_encoder)
+                          for m, s in specs.items()})
 
 
 def _gate(spec: ModalitySpec, cfg: DynamicsConfig) -> nn.Module:

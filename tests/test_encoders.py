@@ -1,0 +1,148 @@
+"""Image encoders: the pretraining pool never holds a test image, the self-supervised trunk
+round-trips through its checkpoint and resumes a killed run, and every image method trains with
+every encoder option (small, resnet, pretrained, frozen or fine-tuned) and reloads without the
+pretraining file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.data.splits import Split
+from core.errors import MMXError
+from core.models.encoders import ENCODERS, ResNetEncoder, resnet_trunk
+from core.models.registry import get_method
+from core.pretrain import NAME, Pool, Recipe, held_out_rows, load_trunk, pretrain, pretraining_pool, read_encoder_card
+
+TINY = Recipe(image_size=32, epochs=2, batch_size=8, projection=(32, 16))
+
+
+@pytest.fixture(scope="module")
+def encoder_root(tmp_path_factory, demo):
+    """A checkpoints folder holding a trunk pretrained briefly on synthetic images."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    images = demo.dataset.modalities["image"][:24]
+    pretrain(root / "encoders" / NAME, TINY, pool=Pool(images, [f"demo:{i}" for i in range(24)]), progress=False)
+    return root
+
+
+def test_pretraining_pool_never_holds_a_test_image(data_dir):
+    from core.data.tasks import get_task
+
+    pool = pretraining_pool()
+    sources = set(pool.sources)
+    assert len(sources) == len(pool.sources) == len(pool.images) > 1000
+    pbc, cells, derm = get_task("pbc"), get_task("cells"), get_task("derm7pt")
+    pbc_test = {f"pbc:{pbc.dataset.ids[r]}" for splits in pbc.splits.values() for s in splits for r in s.test}
+    cells_images = {f"pbc:{p}" for p in cells.notes["pairing"]["image"]}
+    derm_test = {f"derm7pt:{derm.dataset.ids[r]}:{m}" for splits in derm.splits.values() for s in splits
+                 for r in s.test for m in ("derm", "clinic")}
+    assert not sources & pbc_test and not sources & cells_images and not sources & derm_test
+    assert {s.split(":")[0] for s in sources} == {"pbc", "derm7pt"}
+    assert pool.images.dtype == torch.uint8 and pool.images.shape[1:] == (3, 64, 64)
+    rows = held_out_rows(pbc)
+    assert len(rows) == len({r for splits in pbc.splits.values() for s in splits for r in s.test})
+
+
+def test_trunk_round_trips_through_its_checkpoint(encoder_root, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(encoder_root / "encoders" / NAME, tmp_path / NAME)
+    card = read_encoder_card(folder)
+    assert card["pool"]["images"] == 24 and len(card["losses"]) == 2 and card["recipe"]["epochs"] == 2
+    state = load_trunk(folder)
+    trunk = resnet_trunk(3)
+    trunk.load_state_dict(state, strict=True)
+    assert not (folder / "resume.pt").exists()  # a finished run leaves no resume state
+    (folder / "trunk.safetensors").write_bytes(b"damaged")
+    with pytest.raises(MMXError, match="sha256 does not match"):
+        load_trunk(folder)
+    with pytest.raises(MMXError, match="train.py --pretrain"):
+        read_encoder_card(encoder_root / "nothing")
+
+
+def test_a_killed_pretraining_resumes_from_its_last_epoch(tmp_path, demo, monkeypatch):
+    import core.pretrain as pre
+
+    pool = Pool(demo.dataset.modalities["image"][:24], [f"demo:{i}" for i in range(24)])
+    whole = read_encoder_card(pretrain(tmp_path / "whole", TINY, pool=pool, progress=False))
+    calls, real = {"n": 0}, pre._views
+
+    def dies_in_epoch_two(images, transform, generator):
+        calls["n"] += 1
+        if calls["n"] > 3:  # 3 batches per epoch
+            raise KeyboardInterrupt
+        return real(images, transform, generator)
+
+    monkeypatch.setattr(pre, "_views", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "killed", TINY, pool=pool, progress=False)
+    assert (tmp_path / "killed" / "resume.pt").is_file() and not (tmp_path / "killed" / "encoder.json").exists()
+    monkeypatch.setattr(pre, "_views", real)
+    resumed = read_encoder_card(pretrain(tmp_path / "killed", TINY, pool=pool, progress=False))
+    assert resumed["losses"] == whole["losses"]  # the same draws per epoch, whether resumed or not
+    assert load_trunk(tmp_path / "killed").keys() == load_trunk(tmp_path / "whole").keys()
+
+
+IMAGE_METHODS = {  # method -> (modalities, extra config)
+    "cnn": (("image",), {}),
+    "mm_dynamics": (("rna", "image"), {}),
+    "mm_static": (("rna", "image"), {}),
+    "late_mlp": (("rna", "image"), {}),
+    "guidance": (("image", "rna"), {"guide_train": {"epochs": 1}, "decoder_train": {"epochs": 1}}),
+    "hypermm": (("rna", "image"), {"rho_train": {"epochs": 1}}),
+}
+OPTIONS = [("small", False), ("resnet", False), ("pretrained", False), ("pretrained", True)]
+
+
+def _config(method: str, encoder: str, freeze: bool, extra: dict) -> dict:
+    if method == "hypermm":
+        choice = {"small": "small_cnn"}.get(encoder, encoder)
+        return {"backbone": choice, "freeze_encoder": freeze, "train": {"epochs": 1}, **extra}
+    return {"encoder": encoder, "freeze_encoder": freeze, "train": {"epochs": 1, "batch_size": 32}, **extra}
+
+
+@pytest.mark.parametrize("method", sorted(IMAGE_METHODS))
+def test_every_image_method_trains_with_every_encoder(method, demo, encoder_root, monkeypatch, tmp_path, one_thread):
+    monkeypatch.setenv("MMX_CHECKPOINTS", str(encoder_root))
+    mods, extra = IMAGE_METHODS[method]
+    data = demo.dataset.select(list(mods))
+    split = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
+    trunk = load_trunk(encoder_root / "encoders" / NAME)
+    for encoder, freeze in OPTIONS:
+        m = get_method(method, data.specs, data.classes, **_config(method, encoder, freeze, extra))
+        m.fit(data, split, seed=0, device="cpu")
+        proba = m.predict(data, split.test).proba
+        assert proba.shape == (20, data.n_classes) and np.isfinite(proba).all(), (encoder, freeze)
+        resnets = [e for e in m.module().modules() if isinstance(e, ResNetEncoder)]
+        assert bool(resnets) == (encoder != "small"), encoder
+        for e in resnets:
+            first = e.trunk.conv1.weight.detach()
+            if freeze:  # untouched by training, and still the pretrained weights
+                assert torch.equal(first, trunk["conv1.weight"]) and not e.trunk.conv1.weight.requires_grad
+            elif encoder == "pretrained":  # started from them, then fine-tuned
+                assert not torch.equal(first, trunk["conv1.weight"])
+    # a checkpoint of the last (pretrained, frozen) model loads without the pretraining file
+    folder = save_checkpoint(m, tmp_path / "ck", task="demo")
+    monkeypatch.setenv("MMX_CHECKPOINTS", str(tmp_path / "no_encoder_here"))
+    again = load_checkpoint(folder)
+    assert np.allclose(again.predict(data, split.test).proba, proba, atol=1e-6)
+
+
+def test_bad_encoder_settings_are_refused(demo):
+    data = demo.dataset.select(["image"])
+    with pytest.raises(MMXError, match="is not one of"):
+        get_method("cnn", data.specs, data.classes, encoder="vgg99")
+    with pytest.raises(MMXError, match="encoder='pretrained'"):
+        get_method("cnn", data.specs, data.classes, encoder="resnet", freeze_encoder=True)
+    assert ENCODERS == ("small", "resnet", "pretrained")
+
+
+def test_a_missing_pretrained_encoder_says_how_to_make_it(demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMX_CHECKPOINTS", str(tmp_path))
+    data = demo.dataset.select(["image"])
+    m = get_method("cnn", data.specs, data.classes, encoder="pretrained", train={"epochs": 1})
+    split = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
+    with pytest.raises(MMXError, match="train.py --pretrain"):
+        m.fit(data, split, device="cpu")
