@@ -146,3 +146,26 @@ def test_a_missing_pretrained_encoder_says_how_to_make_it(demo, tmp_path, monkey
     split = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
     with pytest.raises(MMXError, match="train.py --pretrain"):
         m.fit(data, split, device="cpu")
+
+
+def test_on_real_pbc_a_few_epochs_from_the_pretrained_encoder_beat_the_same_from_scratch(data_dir, one_thread):
+    """A behaviour test of the shipped trunk (checkpoints/encoders/): the same CNN, data, seed and
+    3 epochs, starting from the self-supervised trunk or from random weights. Its test rows are in
+    no pretraining image (every pbc test split is left out of the pool)."""
+    from core.data.tasks import get_task
+    from core.evaluate import score
+
+    td = get_task("pbc")
+    split = td.splits[td.default_split][0]
+    rng = np.random.default_rng(0)
+    few = Split("pbc-few", np.sort(rng.choice(split.train, 480, replace=False)), split.val[:160], split.test, seed=0)
+    scores = {}
+    for encoder, freeze, lr in (("resnet", False, 1e-3), ("pretrained", True, 1e-3),
+                                ("resnet", False, 3e-4), ("pretrained", False, 3e-4)):
+        m = get_method("cnn", td.dataset.specs, td.dataset.classes, encoder=encoder, freeze_encoder=freeze,
+                       train={"epochs": 3, "batch_size": 32, "lr": lr, "patience": None, "augment": True})
+        m.fit(td.dataset, few, seed=0, device="cpu")
+        scores[encoder, freeze, lr] = score(m, td.dataset, few.test)["metrics"]["balanced_accuracy"]
+    # at each learning rate, the same epochs from the pretrained trunk (frozen, or fine-tuned) beat a random one
+    assert scores["pretrained", True, 1e-3] > scores["resnet", False, 1e-3] + 0.05, scores
+    assert scores["pretrained", False, 3e-4] > scores["resnet", False, 3e-4] + 0.05, scores

@@ -18,7 +18,7 @@ from core import metrics
 from core.data.tasks import get_task
 from core.experiments import command, register_experiment
 from core.experiments.mmdynamics import one_cpu_thread
-from core.experiments.runner import Row, RowResult, run_rows, write_table
+from core.experiments.runner import Row, RowResult, run_rows, run_table, write_table
 from core.models.registry import make_config, method_entry
 from core.viz.confusion import confusion_figure
 from core.viz.export import result_formats, save_figure
@@ -129,3 +129,40 @@ def pbc_cnn(out_dir="results", device="auto", data_dir=None, progress=False, tas
                        findings=text, command=command("pbc/cnn", task),
                        extra={"image_size": size, "confusion": total.tolist(), "figures": names})
     return [path, path.with_suffix(".json"), *figures]
+
+
+# ----------------------------------------------------------------------------- encoders
+ENCODER_ROWS = [
+    Row("CNN, small (from scratch)", "cnn", ("image",), PBC_CNN),
+    Row("CNN, ResNet (from scratch)", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}),
+    Row("CNN, ResNet pretrained, fine-tuned", "cnn", ("image",), {**PBC_CNN, "encoder": "pretrained"}),
+    Row("CNN, ResNet pretrained, frozen", "cnn", ("image",), {**PBC_CNN, "encoder": "pretrained",
+                                                               "freeze_encoder": True}),
+]
+ENCODER_SEEDS = (0,)
+
+
+def encoder_findings(s: dict[str, RowResult]) -> str:
+    from core.experiments.findings import compare
+    from core.pretrain import read_encoder_card
+
+    card = read_encoder_card()
+    base = ENCODER_ROWS[0].label
+    return "\n".join([
+        f"The pretrained trunk: `checkpoints/encoders/resnet_simclr` (SimCLR, {card['recipe']['epochs']} epochs, "
+        f"{card['pool']['images']} images {card['pool']['by_task']}, none from a pbc test split; "
+        f"{card['training_seconds'] / 60:.0f} min). Every row: the same recipe and split, only the encoder differs; "
+        "the ResNet rows use the 128-wide head of the small CNN's latent.",
+        *[compare(s, r.label, base, f"{r.label} vs {base}", "balanced_accuracy") for r in ENCODER_ROWS[1:]],
+    ])
+
+
+@register_experiment("pbc/encoders", "pbc: the CNN with the small encoder, a ResNet from scratch, and the "
+                                     "self-supervised ResNet (fine-tuned, frozen)")
+@one_cpu_thread
+def pbc_encoders(out_dir="results", device="auto", data_dir=None, progress=False, task="pbc") -> list[Path]:
+    _, path = run_table("encoders", f"Image encoders on {task} (CNN, split seed {ENCODER_SEEDS[0]})", task,
+                        ENCODER_ROWS, task_options={"seeds": ENCODER_SEEDS}, device=device, out_dir=out_dir,
+                        data_dir=data_dir, findings=encoder_findings, progress=progress,
+                        command=command("pbc/encoders", task))
+    return [path, path.with_suffix(".json")]
