@@ -169,3 +169,18 @@ def test_on_real_pbc_a_few_epochs_from_the_pretrained_encoder_beat_the_same_from
     # at each learning rate, the same epochs from the pretrained trunk (frozen, or fine-tuned) beat a random one
     assert scores["pretrained", True, 1e-3] > scores["resnet", False, 1e-3] + 0.05, scores
     assert scores["pretrained", False, 3e-4] > scores["resnet", False, 3e-4] + 0.05, scores
+
+
+def test_encoder_experiment_writes_its_table(data_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    from core.experiments import get_experiment
+    from core.experiments import pbc as exp
+
+    quick = [dataclasses.replace(r, config={**r.config, "train": {"epochs": 1}}) for r in exp.ENCODER_ROWS]
+    monkeypatch.setattr(exp, "ENCODER_ROWS", quick)
+    paths = get_experiment("pbc/encoders").run(out_dir=tmp_path, device="cpu")
+    md = (tmp_path / "pbc" / "encoders.md").read_text()
+    assert "python train.py --experiment pbc/encoders" in md and "## Findings" in md
+    assert all(f"| {r.label} |" in md for r in quick) and "none from a pbc test split" in md
+    assert {p.name for p in paths} == {"encoders.md", "encoders.json"}
