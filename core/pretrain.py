@@ -169,9 +169,9 @@ def pretrain(out_dir: str | Path | None = None, recipe: Recipe = Recipe(), *, da
                             "opt": opt.state_dict(), "sched": sched.state_dict(), "losses": losses,
                             "seconds": seconds})
         atomic_write_bytes(state_path, buf)
-    weights = save_tensors({k: v.detach().contiguous() for k, v in trunk.state_dict().items()})
+    weights = save_tensors(_stored(trunk.state_dict()))
     arch = f"torchvision ResNet, BasicBlock [1, 1, 1, 1], {TRUNK_FEATURES // 8}-{TRUNK_FEATURES} channels"
-    card = {"format": FORMAT, "name": NAME, "architecture": arch, "features": TRUNK_FEATURES,
+    card = {"format": FORMAT, "name": NAME, "architecture": arch, "features": TRUNK_FEATURES, "dtype": "float16",
             "method": "SimCLR (lightly)", "recipe": asdict(recipe), "key": key,
             "pool": {"images": len(pool.sources), "by_task": pool.counts(), "excluded": pool.excluded,
                      "sha256": pool.digest()},
@@ -183,6 +183,12 @@ def pretrain(out_dir: str | Path | None = None, recipe: Recipe = Recipe(), *, da
     atomic_write_text(out / CARD, json.dumps(card, indent=1) + "\n")
     state_path.unlink(missing_ok=True)
     return out
+
+
+def _stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk as shipped: floating tensors in float16 (half the size; a starting point for
+    training loses nothing by it), loaded back as float32 by :func:`load_trunk`."""
+    return {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous() for k, v in state.items()}
 
 
 def _state_bytes(state: dict) -> bytes:
@@ -221,6 +227,6 @@ def load_trunk(folder: str | Path | None = None) -> dict[str, torch.Tensor]:
     if hashlib.sha256(data).hexdigest() != card["files"][WEIGHTS]:
         raise MMXError("sha256 does not match the encoder card (file changed or damaged)", path)
     try:
-        return load_tensors(data)
+        return {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(data).items()}
     except SafetensorError as e:
         raise MMXError(f"not a readable safetensors file ({e})", path) from None
