@@ -93,6 +93,17 @@ def test_no_augmentation_at_evaluation(demo):
     assert np.array_equal(a, b)
 
 
+def test_training_batches_never_hold_a_single_row():
+    """A last training chunk of one row joins the one before (batch norm cannot train on it);
+    evaluation chunks and other remainders are left as they are, and every row comes once."""
+    gen = torch.Generator().manual_seed(0)
+    chunks = [c.tolist() for c in loop.iterate(np.arange(65), 32, gen)]
+    assert [len(c) for c in chunks] == [32, 33] and sorted(sum(chunks, [])) == list(range(65))
+    assert [len(c) for c in loop.iterate(np.arange(66), 32, gen)] == [32, 32, 2]
+    assert [len(c) for c in loop.iterate(np.arange(65), 32)] == [32, 32, 1]
+    assert [len(c) for c in loop.iterate(np.arange(1), 32, gen)] == [1]
+
+
 def test_class_weights_inverse_frequency():
     w = loop.class_weights(torch.tensor([0, 0, 0, 1]), 3)
     assert torch.allclose(w, torch.tensor([4 / 9, 4 / 3, 1.0]))

@@ -96,13 +96,18 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def iterate(n_or_idx: np.ndarray, batch_size: int | None, gen: torch.Generator | None = None):
-    """Index chunks of ``n_or_idx``; shuffled when a generator is given."""
+    """Index chunks of ``n_or_idx``; shuffled when a generator is given (training), and then a
+    last chunk of one row joins the chunk before it: batch norm cannot train on a single sample
+    whose feature map is 1 x 1 (a ResNet's last stage on a 32 px image)."""
     idx = torch.as_tensor(n_or_idx)
     if gen is not None:
         idx = idx[torch.randperm(len(idx), generator=gen)]
     size = len(idx) if not batch_size else batch_size
-    for s in range(0, len(idx), size):
-        yield idx[s:s + size]
+    starts = list(range(0, len(idx), size))
+    if gen is not None and len(starts) > 1 and len(idx) - starts[-1] == 1:
+        starts.pop()
+    for i, s in enumerate(starts):
+        yield idx[s:starts[i + 1] if i + 1 < len(starts) else len(idx)]
 
 
 def training_rows(train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainConfig | None) -> np.ndarray:
