@@ -257,12 +257,15 @@ def test_findings_name_the_leader_and_whether_lr_leads(make_table):
 
 
 def test_derm_findings_compare_the_two_images_and_the_majority_rate(make_table):
-    from core.experiments.baselines import DERM_ROWS, derm_findings
+    from core.experiments.baselines import derm_findings, derm_rows
 
-    clinic, derm = (r.label for r in DERM_ROWS)
+    clinic, derm = (r.label for r in derm_rows())
     text = derm_findings(make_table({clinic: 0.30, derm: 0.60}, n_classes=5), ("NEV", 0.55))
     assert f"Dermoscopic against clinical: **{derm} above {clinic}**" in text
     assert f"Mean accuracy of {clinic} is below the 55.0% that always answering NEV scores" in text
+    resnet = derm_rows(", ResNet")[1].label
+    text = derm_findings(make_table({clinic: 0.30, derm: 0.40, resnet: 0.70}, n_classes=5), ("NEV", 0.55))
+    assert f"Encoder, ResNet against the small CNN: **{resnet} above {derm}**" in text
     text = derm_findings(make_table({clinic: 0.60, derm: 0.61}, n_classes=5), ("NEV", 0.55))
     assert "**no difference called**" in text and "below the 55.0%" not in text
 

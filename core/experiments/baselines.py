@@ -150,27 +150,45 @@ def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=F
                            out_dir, device, data_dir, progress)
 
 
-DERM_ROWS = [
-    # 9 cases (2 per test set) have no clinical photo: ``unimodal`` trains the CNN on the cases that have
-    # one and gives the others the training class frequencies, instead of showing the CNN a black image
-    Row("CNN (clinical photo)", "unimodal", ("clinic", "derm"), {"modality": "clinic", "base": "cnn",
-                                                                "base_config": DERM_TRAIN}),
-    Row("CNN (dermoscopic image)", "cnn", ("derm",), DERM_TRAIN),
-]
+# the image encoders compared (:mod:`core.models.encoders`): the small CNN's rows come first
+ENCODER_VARIANTS = (("", {}), (", ResNet", {"encoder": "resnet"}),
+                    (", ResNet pretrained", {"encoder": "pretrained"}))
+
+
+def derm_rows(suffix: str = "", encoder: dict | None = None) -> list[Row]:
+    """The clinical-photo and dermoscopic-image CNN rows with one image encoder.
+
+    9 cases (2 per test set) have no clinical photo: ``unimodal`` trains the CNN on the cases that
+    have one and gives the others the training class frequencies, instead of showing the CNN a
+    black image."""
+    train = {**DERM_TRAIN, **(encoder or {})}
+    return [Row(f"CNN (clinical photo){suffix}", "unimodal", ("clinic", "derm"),
+                {"modality": "clinic", "base": "cnn", "base_config": train}),
+            Row(f"CNN (dermoscopic image){suffix}", "cnn", ("derm",), train)]
+
+
+DERM_ROWS = [row for suffix, encoder in ENCODER_VARIANTS for row in derm_rows(suffix, encoder)]
 
 
 def derm_findings(table: Table, majority: tuple[str, float]) -> str:
     """``majority``: the most common test class and its share (what always guessing it scores)."""
-    clinic, derm = (r.label for r in DERM_ROWS)
+    clinic, derm = (r.label for r in derm_rows())
     lines = [f"Diagnosis (5 classes), images at {DERM_IMAGE_SIZE} px, the recipe of `derm7pt/image_dynamics` "
              f"(Adam lr {DERM_TRAIN['lr']}, batch {DERM_TRAIN['batch_size']}, up to {DERM_TRAIN['epochs']} epochs, "
-             f"patience {DERM_TRAIN['patience']}, random flips while training). {CI_NOTE}"]
+             f"patience {DERM_TRAIN['patience']}, random flips while training). Encoders: the small CNN, a ResNet "
+             "from scratch, and the ResNet from the self-supervised trunk (`checkpoints/encoders/resnet_simclr`, "
+             f"fine-tuned), the same recipe for all. {CI_NOTE}"]
     for key in ("balanced_accuracy", "f1_weighted"):
         lines.append(findings.compare(table, derm, clinic, "Dermoscopic against clinical", key))
+    for suffix, _ in ENCODER_VARIANTS[1:]:
+        for row, small in zip(derm_rows(suffix), (clinic, derm)):
+            if row.label in table:
+                lines.append(findings.compare(table, row.label, small, f"Encoder{suffix} against the small CNN",
+                                              "balanced_accuracy"))
     name, share = majority
-    below = [r for r in (clinic, derm) if table[r].summary["accuracy"][0] < share]
+    below = [r for r in table if table[r].summary["accuracy"][0] < share]
     if below:
-        lines.append(f"- Mean accuracy of {' and '.join(below)} is below the {100 * share:.1f}% that always answering "
+        lines.append(f"- Mean accuracy of {', '.join(below)} is below the {100 * share:.1f}% that always answering "
                      f"{name} scores: the class-weighted loss and the selection on balanced accuracy trade the "
                      "common class for the rare ones.")
     return "\n".join(lines)
