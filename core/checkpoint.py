@@ -23,6 +23,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -56,10 +57,24 @@ def versions() -> dict[str, str]:
     return out
 
 
+def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every float32 tensor stored as float16 (half the bytes; loading widens it
+    back). Other dtypes (float64 estimator arrays, integer counters) are kept as they are."""
+    return {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+
+
+def round_to_half(method) -> None:
+    """Round a fitted method's float32 weights to what float16 storage keeps, so that the model
+    scored before saving is exactly the one a half-precision checkpoint loads."""
+    method.load_weights({k: v.float() if v.dtype == torch.float16 else v
+                         for k, v in half_precision(method.weights()).items()})
+
+
 def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dict | None = None,
-                    data_hash: str = "", extra: dict | None = None) -> Path:
+                    data_hash: str = "", extra: dict | None = None, half: bool = False) -> Path:
     """Write the method's files and then its card into ``out_dir`` (the card last: a folder whose
-    card lists files with other hashes is a half-written one, and loading refuses it)."""
+    card lists files with other hashes is a half-written one, and loading refuses it). ``half``
+    stores float32 weights as float16 (call :func:`round_to_half` before scoring the model)."""
     if not method.is_fitted:
         raise MMXError(f"method {method.name!r} is not fitted; fit it before saving a checkpoint")
     state_json = method.card_state()
@@ -70,6 +85,7 @@ def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dic
     # copies: a module reachable by two names (e.g. a retargeted guidance model's task head, also its
     # head) gives tensors that share memory, which safetensors refuses; loading fills both names
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in method.weights().items()}
+    state = half_precision(state) if half else state
     files = {WEIGHTS: save_tensors(state)} | method.artefacts()
     for name in files:
         _check_name(name, Path(out_dir) / CARD)
@@ -91,6 +107,7 @@ def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dic
         "best_score": fit["best_score"],
         "epochs_run": fit["epochs_run"],
         "method_state": state_json,
+        "weights_dtype": "float16" if half else "float32",
         "device": str(method.device),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -189,6 +206,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu"):
         state = load_tensors(files.pop(WEIGHTS))
     except SafetensorError as e:
         raise MMXError(f"not a readable safetensors file ({e})", folder / WEIGHTS) from None
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}  # stored in half
     try:
         method.load_artefacts(files)
         method.load_weights(state)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from core.calibration import calibration_record
-from core.checkpoint import CARD, read_card, save_checkpoint, verified_files
+from core.checkpoint import CARD, read_card, round_to_half, save_checkpoint, verified_files
 from core.data.tasks import get_task, list_tasks
 from core.errors import MMXError
 from core.evaluate import score
@@ -201,6 +201,7 @@ def release_one(entry: Release, out_root: str | Path = "checkpoints", *, device:
         return Outcome(entry, "kept", read_card(folder), folder)
     method = get_method(entry.method, {m: ds.specs[m] for m in mods}, ds.classes, **settings)
     method.fit(ds, split, seed=split.seed, device=device, progress=progress)
+    round_to_half(method)  # shipped weights are stored in float16: score what a user loads
     scored = score(method, ds, split.test)
     trained_on = len(loop.training_rows(split.train, split.val, getattr(method.config, "train", None)))
     extra = {
@@ -218,7 +219,8 @@ def release_one(entry: Release, out_root: str | Path = "checkpoints", *, device:
         "calibration": calibration_record(method, ds, split),
         "release": {"key": key, "code": code},
     }
-    save_checkpoint(method, folder, task=entry.task, metrics=scored["metrics"], data_hash=data_hash, extra=extra)
+    save_checkpoint(method, folder, task=entry.task, metrics=scored["metrics"], data_hash=data_hash, extra=extra,
+                    half=True)
     return Outcome(entry, "trained", read_card(folder), folder)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load as load_tensors
 
 import train
 from core import metrics
@@ -47,9 +48,12 @@ def test_release_writes_a_whole_card_per_model(demo_release, demo):
         assert set(SIX) <= set(card["metrics"]) and card["synthetic"] and card["data_hash"] == demo.dataset.data_hash()
         assert card["sizes"]["test"] == len(demo.splits["logo"][0].test)
         assert card["command"].startswith("python train.py --release --task demo")
+        stored = load_tensors((folder / "model.safetensors").read_bytes())  # float32 weights stored in half
+        assert card["weights_dtype"] == "float16" and torch.float32 not in {v.dtype for v in stored.values()}
         m = load_checkpoint(folder)
+        assert all(v.dtype != torch.float16 for v in m.weights().values())  # widened back when loaded
         result = evaluate(m, "demo")
-        assert result["metrics"] == pytest.approx(card["metrics"], abs=1e-6)
+        assert result["metrics"] == pytest.approx(card["metrics"], abs=1e-6)  # the card scored the rounded model
 
 
 def test_calibration_experiment_records_every_card(demo_release, tmp_path, monkeypatch, one_thread):
