@@ -212,19 +212,22 @@ def _melanoma_runs(split, y_mel, probs: dict[str, dict[str, np.ndarray]]) -> lis
     return runs
 
 
-@register_experiment("derm7pt/guidance", "deep multimodal guidance: clinical photo guided by dermoscopy; "
-                                         "diagnosis, 7 criteria, melanoma from the 7-point score")
-@torch_threads(THREADS)
-def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False, task="derm7pt") -> list[Path]:
-    name = "derm7pt/guidance"
-    t0 = time.perf_counter()
-    td = get_task(task, data_dir, image_size=DERM_IMAGE_SIZE)
+# the image encoders of C_I and C_S (:mod:`core.models.encoders`): the whole table runs once per encoder
+DERM_ENCODERS = {
+    "small": ("small CNN from scratch", {}),
+    "pretrained": ("ResNet from the self-supervised trunk, fine-tuned", {"encoder": "pretrained"}),
+}
+
+
+def _derm_runs(td, encoder: str, cfg: dict, device: str, progress: bool, t0: float) -> tuple[list[dict], list[dict]]:
+    """Every split of the official scheme with C_I / C_S built on ``encoder``: the runs of each target
+    column and of the melanoma columns, and each model's fit record."""
     ds = td.dataset
     has_clinic = ds.present["clinic"].numpy()
     runs, fits = [], []
     for split in td.splits["official"]:
         test = split.test[has_clinic[split.test]]
-        base = get_method("guidance", ds.specs, ds.classes, **DERM_CONFIG)
+        base = get_method("guidance", ds.specs, ds.classes, **cfg)
         base.fit(ds, split, seed=split.seed, device=device, progress=progress)
         models = {"diagnosis": base} | {c: base.retarget(c, ds, progress=progress) for c in CRITERIA}
         probs = {}
@@ -232,23 +235,22 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
             data = ds.with_target(None if target == "diagnosis" else target)
             probs[target] = row_probabilities(model, data, test)
             y = data.y[torch.as_tensor(test)].numpy()
-            runs.append({"column": target, "split": split.name, "seed": split.seed, "n_test": len(test),
-                         "metrics": {r: metrics.compute(y, p) for r, p in probs[target].items()},
+            runs.append({"column": target, "encoder": encoder, "split": split.name, "seed": split.seed,
+                         "n_test": len(test), "metrics": {r: metrics.compute(y, p) for r, p in probs[target].items()},
                          "mcnemar_p": metrics.mcnemar(y, probs[target]["I"].argmax(1),
                                                       probs[target]["G(I)+I"].argmax(1)),
                          **row_predictions(y, probs[target])})
-            fits.append({"target": target, "seed": split.seed, "fit_seconds": round(model.fit_result.seconds, 1),
+            fits.append({"target": target, "encoder": encoder, "seed": split.seed,
+                         "fit_seconds": round(model.fit_result.seconds, 1),
                          "stages": {s: {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
                                         "seconds": round(r.seconds, 1)} for s, r in model.stages.items()}})
-        runs += _melanoma_runs(split, ds.targets["melanoma"].y[torch.as_tensor(test)].numpy(), probs)
-        print(f"  {split.name}: done at {duration(time.perf_counter() - t0)}")
-    seconds = time.perf_counter() - t0
-    columns = [(t, "DIAG" if t == "diagnosis" else t) for t in DERM_TARGETS] + \
-              [(f"melanoma>={t}", f"MEL (score ≥ {t})") for t in MELANOMA_THRESHOLDS]
-    n_test, n_all = runs[0]["n_test"], len(td.splits["official"][0].test)
-    payload = {**_header("Deep multimodal guidance on Derm7pt: clinical (I) guided by dermoscopic (S)", name, ds,
-                         device, seconds),
-               "image_size": DERM_IMAGE_SIZE, "config": _config_dict(DERM_CONFIG), "runs": runs, "fits": fits}
+        runs += [{**r, "encoder": encoder} for r in
+                 _melanoma_runs(split, ds.targets["melanoma"].y[torch.as_tensor(test)].numpy(), probs)]
+        print(f"  {encoder} {split.name}: done at {duration(time.perf_counter() - t0)}")
+    return runs, fits
+
+
+def _auroc_section(runs: list[dict]) -> list[str]:
     mel = [r for r in runs if r["column"] == "melanoma>=1"]  # AUROC does not depend on the threshold
     auroc = ["| Model | " + " | ".join(f"seed {r['seed']}" for r in mel) + " | mean ± std |",
              "|" + " --- |" * (len(mel) + 2)]
@@ -259,10 +261,49 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
         auroc.append(f"| {row} | " + " | ".join(f"{100 * x:.1f}" for x in v)
                      + f" | {metrics.fmt(*metrics.mean_std(v))} |")
     d_auc = _diff(mel, "melanoma>=1", "G(I)+I", "I", "auroc")
-    auroc += ["", f"Melanoma AUROC of the guided G(I)+I is {100 * mean_auroc['G(I)+I']:.1f} against "
-                  f"{100 * mean_auroc['I']:.1f} for the unguided I (S: {100 * mean_auroc['S']:.1f}, "
-                  f"S+I: {100 * mean_auroc['S+I']:.1f}); G(I)+I minus I: {d_auc.text()}, "
-                  f"**{'called' if d_auc.called else 'not called'}**."]
+    return auroc + ["", f"Melanoma AUROC of the guided G(I)+I is {100 * mean_auroc['G(I)+I']:.1f} against "
+                        f"{100 * mean_auroc['I']:.1f} for the unguided I (S: {100 * mean_auroc['S']:.1f}, "
+                        f"S+I: {100 * mean_auroc['S+I']:.1f}); G(I)+I minus I: {d_auc.text()}, "
+                        f"**{'called' if d_auc.called else 'not called'}**."]
+
+
+def encoder_overview(runs: list[dict], column: str = "diagnosis") -> str:
+    """Per encoder, the diagnosis rows in balanced accuracy, and whether G(I)+I is above I by more
+    than the standard deviation of either over seeds."""
+    lines = ["| Encoder of C_I / C_S | " + " | ".join(ROWS) + " | G(I)+I minus I | above I by more than the std |",
+             "|" + " --- |" * (len(ROWS) + 3)]
+    for key, (label, _) in DERM_ENCODERS.items():
+        sub = [r for r in runs if r["encoder"] == key]
+        if not sub:
+            continue
+        ms = {row: metrics.mean_std(_values(sub, column, row, "balanced_accuracy")) for row in ROWS}
+        gap = ms["G(I)+I"][0] - ms["I"][0]
+        lines.append(f"| {label} | " + " | ".join(metrics.fmt(*ms[row]) for row in ROWS)
+                     + f" | {100 * gap:+.1f} | {'yes' if gap > max(ms['G(I)+I'][1], ms['I'][1]) else 'no'} |")
+    return "\n".join(lines)
+
+
+@register_experiment("derm7pt/guidance", "deep multimodal guidance: clinical photo guided by dermoscopy; "
+                                         "diagnosis, 7 criteria, melanoma from the 7-point score; small CNN and "
+                                         "self-supervised ResNet encoders")
+@torch_threads(THREADS)
+def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False, task="derm7pt") -> list[Path]:
+    name = "derm7pt/guidance"
+    t0 = time.perf_counter()
+    td = get_task(task, data_dir, image_size=DERM_IMAGE_SIZE)
+    ds = td.dataset
+    runs, fits = [], []
+    for key, (_, extra) in DERM_ENCODERS.items():
+        r, f = _derm_runs(td, key, {**DERM_CONFIG, **extra}, device, progress, t0)
+        runs, fits = runs + r, fits + f
+    seconds = time.perf_counter() - t0
+    columns = [(t, "DIAG" if t == "diagnosis" else t) for t in DERM_TARGETS] + \
+              [(f"melanoma>={t}", f"MEL (score ≥ {t})") for t in MELANOMA_THRESHOLDS]
+    n_test, n_all = runs[0]["n_test"], len(td.splits["official"][0].test)
+    payload = {**_header("Deep multimodal guidance on Derm7pt: clinical (I) guided by dermoscopic (S)", name, ds,
+                         device, seconds),
+               "image_size": DERM_IMAGE_SIZE, "config": _config_dict(DERM_CONFIG),
+               "encoders": {k: label for k, (label, _) in DERM_ENCODERS.items()}, "runs": runs, "fits": fits}
     md = [
         f"# {payload['title']}", "",
         f"Produced by: `{payload['command']}`", "",
@@ -270,20 +311,29 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
         f"Mean ± std over the 3 seeds of the official split, percent ({metrics.STD_NOTE}); test set = the {n_test} "
         f"of {n_all} official "
         f"test cases that have a clinical photo (the other {n_all - n_test} cannot be predicted from the inferior "
-        "modality alone; DeepGuide's label files also leave out pairs without a clinical photo).", "",
-        "## Balanced accuracy", "", rows_table(runs, [(c, "balanced_accuracy", h) for c, h in columns]), "",
-        "## Micro F1", "", rows_table(runs, [(c, "f1_micro", h) for c, h in columns], mcnemar=False), "",
-        "## Melanoma from the predicted seven-point score: AUROC", "",
-        "The score is computed from each row's predicted criteria (major criteria PN atypical, BWV present, "
-        "VS irregular score 2; PIG, STR, DaG irregular and RS present score 1); melanoma is predicted when the "
-        "score reaches the threshold (1 or 3, the MEL columns above). AUROC ranks cases by the integer score.", "",
-        *auroc, "",
-        "## Findings", "", findings(runs, columns), "",
+        "modality alone; DeepGuide's label files also leave out pairs without a clinical photo). The whole table "
+        f"runs once per image encoder of C_I and C_S: {', '.join(label for label, _ in DERM_ENCODERS.values())}.", "",
+        "## Diagnosis by encoder (balanced accuracy)", "", encoder_overview(runs), "",
+    ]
+    for key, (label, _) in DERM_ENCODERS.items():
+        sub = [r for r in runs if r["encoder"] == key]
+        md += [
+            f"## Balanced accuracy, {label}", "", rows_table(sub, [(c, "balanced_accuracy", h) for c, h in columns]),
+            "", f"## Micro F1, {label}", "", rows_table(sub, [(c, "f1_micro", h) for c, h in columns], mcnemar=False),
+            "", f"## Melanoma from the predicted seven-point score: AUROC, {label}", "",
+            "The score is computed from each row's predicted criteria (major criteria PN atypical, BWV present, "
+            "VS irregular score 2; PIG, STR, DaG irregular and RS present score 1); melanoma is predicted when the "
+            "score reaches the threshold (1 or 3, the MEL columns above). AUROC ranks cases by the integer score.", "",
+            *_auroc_section(sub), "",
+            f"## Findings, {label}", "", findings(sub, columns), "",
+        ]
+    md += [
         "## Choices (to finish on 2 CPU cores)", "",
         f"- Images {DERM_IMAGE_SIZE} x {DERM_IMAGE_SIZE} (task option `image_size`; decoded once, then read from the "
         "disk cache), random flips while training C_I and C_S.",
-        "- Encoders trained from scratch (`SmallCNN`, latent 256); the reference used ImageNet-pretrained "
-        "Inception features, so absolute numbers are lower than the paper's.",
+        "- Encoders with latent 256: the `SmallCNN` from scratch, and the ResNet trunk pretrained by SimCLR on our "
+        "own images (`checkpoints/encoders/resnet_simclr`; no derm7pt test photo among them), fine-tuned; the "
+        "reference used ImageNet-pretrained Inception features, so absolute numbers are lower than the paper's.",
         "- One C_I and one C_S per seed, each with a head for the diagnosis and for each of the 7 criteria (mean "
         "class-weighted CE over the 8 tasks, early-stopped on the mean validation CE), like the reference's "
         "multi-task features; one G per seed (it maps latents and does not depend on the target). D_c and the S+I "
@@ -307,6 +357,10 @@ CELL_SETTINGS = {
                            dict(inferior="image", superior=("rna", "protein"), train=TrainConfig(
                                epochs=60, batch_size=32, lr=1e-3, patience=15, augment=True))),
 }
+# the image setting again with the self-supervised ResNet (fine-tuned) in place of the SmallCNN
+CELL_SETTINGS["image<-rna+protein, pretrained"] = (
+    "Cell image (I) guided by RNA + protein (S), ResNet pretrained encoder",
+    {**CELL_SETTINGS["image<-rna+protein"][1], "encoder": "pretrained"})
 # about 20 s a fit (RNA) to a minute (image): five seeds keep the table near five minutes
 CELL_SEEDS = (0, 1, 2, 3, 4)
 CELL_SCALING = "standard"  # omics standardised with training statistics (a little better than min-max here)
@@ -362,7 +416,9 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
                _class_table(per_class[key], sub, key), "",
                "Findings:", "", findings(sub, [(key, title)]), _class_findings(per_class[key], sub, key), ""]
     md += ["## Setup", "",
-           f"- Encoders: omics `OmicsEncoder`, image `SmallCNN`; latent sizes {CELL_LATENTS} (the seed study's). "
+           f"- Encoders: omics `OmicsEncoder`, image `SmallCNN` (or, where the heading says so, the ResNet trunk "
+           "pretrained by SimCLR on our own images, `checkpoints/encoders/resnet_simclr`, fine-tuned; none of the "
+           f"cells' images among them); latent sizes {CELL_LATENTS} (the seed study's). "
            "G: 512 -> 256 -> 512 hidden, MSE, early-stopped on validation MSE; D_c and the S+I decoder: class-weighted "
            "CE, early-stopped on validation balanced accuracy; every stage uses the split's own validation set.",
            f"- Wall time {duration(seconds)} on `{payload['device']}` with {payload['threads']} torch threads. "

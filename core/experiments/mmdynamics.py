@@ -85,12 +85,19 @@ def _name(metric: str) -> str:
 
 # ----------------------------------------------------------------------------- cells
 PRI = ("protein", "rna", "image")
+RESNET = {"encoder": "resnet"}  # from scratch
+PRETRAINED = {"encoder": "pretrained"}  # the self-supervised trunk, fine-tuned
 IMAGE_ROWS = [
     Row("CNN (I)", "cnn", ("image",), CELLS_TRAIN),
     Row("MM dynamics R+I", "mm_dynamics", ("rna", "image"), CELLS_TRAIN),
     Row("MM dynamics P+I", "mm_dynamics", ("protein", "image"), CELLS_TRAIN),
     Row("MM dynamics P+R+I", "mm_dynamics", ("protein", "rna", "image"), CELLS_TRAIN),
     Row("MM static P+R+I", "mm_static", ("protein", "rna", "image"), static_config(PRI, CELLS_TRAIN)),
+    # the image encoders of :mod:`core.models.encoders` next to the small CNN's rows
+    Row("CNN (I), ResNet", "cnn", ("image",), {**CELLS_TRAIN, **RESNET}),
+    Row("CNN (I), ResNet pretrained", "cnn", ("image",), {**CELLS_TRAIN, **PRETRAINED}),
+    Row("MM dynamics P+R+I, ResNet pretrained", "mm_dynamics", PRI, {**CELLS_TRAIN, **PRETRAINED}),
+    Row("MM static P+R+I, ResNet pretrained", "mm_static", PRI, {**static_config(PRI, CELLS_TRAIN), **PRETRAINED}),
 ]
 
 
@@ -105,7 +112,15 @@ def image_findings(s: Table) -> str:
         f"- Best row: {best} ({_mean_std(s, best)}). The image is a class-matched picture, not the same "
         f"cell, and T, B and NK/ILC share the lymphocyte images, so the image alone cannot separate "
         f"those three lineages (CNN (I) {_mean_std(s, 'CNN (I)')}).",
+        *encoder_findings(s),
     ])
+
+
+def encoder_findings(s: Table) -> list[str]:
+    """Each encoder row (``<label>, <encoder>``) against the same row with the small CNN."""
+    pairs = [(label, *label.split(", ", 1)) for label in s if ", " in label]
+    return [compare(s, label, base, f"{base}: the {encoder} encoder instead of the small CNN")
+            for label, base, encoder in pairs if base in s]
 
 
 @register_experiment("cells/image_dynamics", "cells: CNN (I), MM dynamics R+I / P+I / P+R+I, MM static P+R+I")
@@ -246,6 +261,9 @@ def rosmap_mmdynamics(out_dir="results", device="auto", data_dir=None, progress=
 DERM_ROWS = [
     Row("Image MM dynamics (clinic + derm)", "mm_dynamics", ("clinic", "derm"), DERM_TRAIN),
     Row("MM static (clinic + derm)", "mm_static", ("clinic", "derm"), DERM_TRAIN),
+    Row("Image MM dynamics (clinic + derm), ResNet pretrained", "mm_dynamics", ("clinic", "derm"),
+        {**DERM_TRAIN, **PRETRAINED}),
+    Row("MM static (clinic + derm), ResNet pretrained", "mm_static", ("clinic", "derm"), {**DERM_TRAIN, **PRETRAINED}),
 ]
 
 
@@ -258,6 +276,7 @@ def derm_findings(s: Table, n_without_clinic: int) -> str:
         "loss terms.",
         compare(s, sta, dyn, "Seed finding *MM static ≥ MM dynamics*"),
         compare(s, sta, dyn, "The same in weighted F1", "f1_weighted"),
+        *encoder_findings(s),
     ])
 
 

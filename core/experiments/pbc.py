@@ -27,8 +27,14 @@ from core.viz.export import result_formats, save_figure
 # validation epoch came at 34-36, still climbing); a narrower encoder (128-wide layers instead of
 # 256 and 500, 1.1 MB instead of 2.7 MB) keeps the shipped models within their 60 MB
 PBC_CNN = dict(hidden=128, latent=128, lr_step=None)
-ROWS = [Row("CNN (image)", "cnn", ("image",), PBC_CNN)]
+ROWS = [
+    Row("CNN (image)", "cnn", ("image",), PBC_CNN),
+    Row("CNN (image), ResNet", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}),
+    Row("CNN (image), ResNet pretrained", "cnn", ("image",), {**PBC_CNN, "encoder": "pretrained"}),
+]
 FIGURE = "cnn_confusion"
+# the four classes with 420 or 360 test cases per split (the other four have 90)
+LARGE_CLASSES = ("lymphocyte", "neutrophil", "monocyte", "erythroblast")
 
 
 def run_confusions(result: RowResult, n_classes: int) -> list[np.ndarray]:
@@ -57,11 +63,30 @@ def class_table(confusions: list[np.ndarray], classes: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def class_accuracy(result: RowResult, classes: tuple[str, ...], subset: tuple[str, ...]) -> list[float]:
+    """Per run, the accuracy on the test cases whose true class is in ``subset`` (predictions over
+    every class, so a large-class cell called ig counts as wrong)."""
+    keep = [classes.index(c) for c in subset if c in classes]
+    out = []
+    for r in result.runs:
+        y, pred = np.asarray(r["y"]), np.asarray(r["pred"])
+        mask = np.isin(y, keep)
+        out.append(float((y[mask] == pred[mask]).mean()) if mask.any() else float("nan"))
+    return out
+
+
+def encoder_text(train: dict) -> str:
+    return (f"the small CNN with {train['hidden']}-wide hidden and {train['latent']}-wide latent layers" if
+            train["encoder"] == "small" else
+            f"the {'self-supervised ' if train['encoder'] == 'pretrained' else ''}ResNet trunk "
+            f"({'fine-tuned' if not train['freeze_encoder'] else 'frozen'}) with a {train['latent']}-wide head")
+
+
 def pbc_findings(confusions: list[np.ndarray], classes: tuple[str, ...], image_size: int, train: dict,
                  best_epochs: list[int], n_top: int = 3) -> str:
-    """Protocol (``train``: the row's resolved cnn training stage, with the encoder's widths), whether
-    the epoch cap rather than early stopping ended training, the weakest and strongest classes by
-    mean recall, and the most frequent confusions."""
+    """For the row shown (``train``: its resolved cnn training stage, with the encoder's settings):
+    its protocol, whether the epoch cap rather than early stopping ended training, the weakest and
+    strongest classes by mean recall, and the most frequent confusions."""
     rec, total = _recalls(confusions), sum(confusions)
     n_end = min(n_top, len(classes) // 2)
     mean = np.nanmean(rec, 0)
@@ -79,10 +104,8 @@ def pbc_findings(confusions: list[np.ndarray], classes: tuple[str, ...], image_s
         f"Images resized to {image_size} x {image_size}; class-weighted CE, Adam lr {train['lr']:g}, batch "
         f"{train['batch_size']}, up to {train['epochs']} epochs, early stopping after {train['patience']} epochs "
         "without a better validation balanced accuracy (best epoch kept), random flips while training only. "
-        f"Encoder: the small CNN with {train['hidden']}-wide hidden and {train['latent']}-wide latent layers (sized "
-        "for the shipped models' budget), the cnn's default schedule; nothing was tuned on the test rows, which are "
-        "only scored. Recall per class in percent, "
-        f"mean ± std over the {len(confusions)} runs.",
+        f"Encoder: {encoder_text(train)}, the cnn's default schedule; nothing was tuned on the test rows, which are "
+        f"only scored. Recall per class in percent, mean ± std over the {len(confusions)} runs.",
         f"- Lowest mean recall: {', '.join(rc(k) for k in order[:n_end])}; highest: "
         f"{', '.join(rc(k) for k in order[::-1][:n_end])}.",
         f"- Best validation epoch per run: {', '.join(map(str, best_epochs))} of at most {train['epochs']}"
@@ -99,17 +122,37 @@ def pbc_findings(confusions: list[np.ndarray], classes: tuple[str, ...], image_s
     return "\n".join(lines)
 
 
-@register_experiment("pbc/cnn", "pbc: image-only CNN, 8 blood-cell classes, per-class recall and confusion matrix")
+def encoders_summary(results: list[RowResult], classes: tuple[str, ...]) -> str:
+    """Every row against the small CNN (paired intervals), and accuracy on the four large classes
+    and on all eight, mean ± std over runs."""
+    from core.experiments.findings import CI_NOTE, compare
+
+    table = {r.row.label: r for r in results}
+    base = results[0].row.label
+    large = [c for c in LARGE_CLASSES if c in classes]
+    lines = ["| Method | Accuracy, " + (", ".join(large) or "large classes") + " | Accuracy, all classes |",
+             "| --- | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r.row.label} | {metrics.fmt(*metrics.mean_std(class_accuracy(r, classes, tuple(large))))} "
+                     f"| {metrics.fmt(*r.summary['accuracy'])} |")
+    return "\n".join([CI_NOTE, *[compare(table, r.row.label, base, f"{r.row.label} against {base}",
+                                          "balanced_accuracy") for r in results[1:]], "", *lines])
+
+
+@register_experiment("pbc/cnn", "pbc: image-only CNN (small, ResNet, self-supervised ResNet encoders), 8 blood-cell "
+                                "classes, per-class recall and confusion matrix of the best")
 @one_cpu_thread
 def pbc_cnn(out_dir="results", device="auto", data_dir=None, progress=False, task="pbc") -> list[Path]:
     td = get_task(task, data_dir)
     ds = td.dataset
     t0 = time.perf_counter()
-    (result,) = run_rows(td, ROWS, device=device, progress=progress)
+    results = run_rows(td, ROWS, device=device, progress=progress)
     seconds = time.perf_counter() - t0
+    best = max(range(len(results)), key=lambda i: results[i].summary["balanced_accuracy"][0])
+    result = results[best]
     confusions = run_confusions(result, ds.n_classes)
     total = sum(confusions)
-    title = (f"{ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}: CNN (image), test predictions of "
+    title = (f"{ds.name}{' (SYNTHETIC)' if ds.synthetic else ''}: {result.row.label}, test predictions of "
              f"{len(confusions)} runs summed")
     figures = save_figure(confusion_figure(total, ds.classes, title), Path(out_dir) / ds.name / FIGURE,
                           result_formats())
@@ -118,16 +161,19 @@ def pbc_cnn(out_dir="results", device="auto", data_dir=None, progress=False, tas
     link = (f"![Confusion matrix]({shown})" if shown else "") + "\n\n" + "Files: " + ", ".join(
         f"[{n}]({n})" for n in names) + ". Colour and percentage: share of the true class (row); number: cases."
     size = ds.specs["image"].image_shape[-1]
-    config = make_config(method_entry("cnn").config_cls, ROWS[0].config)
-    protocol = {**dataclasses.asdict(config.train), "hidden": config.hidden, "latent": config.latent}
-    text = "\n\n".join([pbc_findings(confusions, ds.classes, size, protocol,
-                                     [r["best_epoch"] for r in result.runs]), "## Per-class recall",
-                        class_table(confusions, ds.classes), "## Confusion matrix", link])
+    config = make_config(method_entry("cnn").config_cls, ROWS[best].config)
+    protocol = {**dataclasses.asdict(config.train), "hidden": config.hidden, "latent": config.latent,
+                "encoder": config.encoder, "freeze_encoder": config.freeze_encoder}
+    text = "\n\n".join([encoders_summary(results, ds.classes),
+                         f"## {result.row.label}: the row with the best mean balanced accuracy",
+                         pbc_findings(confusions, ds.classes, size, protocol, [r["best_epoch"] for r in result.runs]),
+                         "## Per-class recall", class_table(confusions, ds.classes), "## Confusion matrix", link])
     seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in result.runs}))
     path = write_table(out_dir, td, "cnn", f"Image-only CNN on {ds.name} ({ds.n_classes} classes, "
-                       f"{td.default_split} split, seeds {seeds})", [result], seconds=seconds, device=device,
+                       f"{td.default_split} split, seeds {seeds})", results, seconds=seconds, device=device,
                        findings=text, command=command("pbc/cnn", task),
-                       extra={"image_size": size, "confusion": total.tolist(), "figures": names})
+                       extra={"image_size": size, "shown": result.row.label, "confusion": total.tolist(),
+                              "figures": names})
     return [path, path.with_suffix(".json"), *figures]
 
 
