@@ -139,9 +139,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``--evaluate`` / ``--predict``: a checkpoint on ``--data-dir`` (the data to score here)."""
     from pathlib import Path
 
-    from core.checkpoint import load_checkpoint
     from core.evaluate import evaluate, predict
     from core.metrics import LABELS, SIX
+    from core.shipped import load_folder
     from core.train.device import resolve_device
     from core.train.results import atomic_write_text, write_json
 
@@ -150,7 +150,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.data_dir:
         raise MMXError("give the data to score with --data-dir (a folder, a CSV / .h5ad / .h5mu file, or a task name)")
     folder = Path(args.evaluate or args.predict)
-    method = load_checkpoint(folder, str(resolve_device(args.device)))
+    method = load_folder(folder, str(resolve_device(args.device)))
     options = dict(label_column=args.label, modality=args.modality)
     stem = Path(args.out) / f"{'evaluate' if args.evaluate else 'predict'}_{folder.parent.name}_{folder.name}"
     if args.predict:

@@ -32,7 +32,7 @@ from core.data.dataset import ModalitySpec
 from core.errors import MMXError
 from core.models.registry import get_method, method_entry
 from core.train.loop import FitResult
-from core.train.results import atomic_write_bytes, atomic_write_text
+from core.train.results import atomic_folder, atomic_write_text
 
 FORMAT = "mmx-checkpoint/2"
 WEIGHTS = "model.safetensors"
@@ -72,8 +72,9 @@ def round_to_half(method) -> None:
 
 def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dict | None = None,
                     data_hash: str = "", extra: dict | None = None, half: bool = False) -> Path:
-    """Write the method's files and then its card into ``out_dir`` (the card last: a folder whose
-    card lists files with other hashes is a half-written one, and loading refuses it). ``half``
+    """Write the method's files and its card into ``out_dir``, a folder of its own, replaced whole
+    (:func:`~core.train.results.atomic_folder`): a killed save leaves the previous checkpoint or the
+    new one, never a card beside another's weights. ``half``
     stores float32 weights as float16 (call :func:`round_to_half` before scoring the model)."""
     if not method.is_fitted:
         raise MMXError(f"method {method.name!r} is not fitted; fit it before saving a checkpoint")
@@ -90,8 +91,6 @@ def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dic
     for name in files:
         _check_name(name, Path(out_dir) / CARD)
     out = Path(out_dir)
-    for name, data in files.items():
-        atomic_write_bytes(out / name, data)
     fit = method.fit_result.summary()
     card = {
         "format": FORMAT,
@@ -114,8 +113,16 @@ def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dic
         **(extra or {}),
         "files": {name: sha256_bytes(data) for name, data in files.items()},
     }
-    atomic_write_text(out / CARD, json.dumps(card, indent=1) + "\n")
+    with atomic_folder(out, owns=_owned) as stage:
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+        (stage / CARD).write_text(json.dumps(card, indent=1) + "\n")
     return out
+
+
+def _owned(name: str) -> bool:
+    """A file a checkpoint folder may hold (an older save's, replaced with the folder)."""
+    return name in (CARD, WEIGHTS) or name.endswith(ARTEFACT_SUFFIXES)
 
 
 def _check_name(name: str, card_path: Path) -> None:
@@ -141,6 +148,13 @@ def read_card(folder: str | Path) -> dict:
         raise MMXError(f"card lacks {sorted(missing)}", path)
     if card["format"] != FORMAT:
         raise MMXError(f"unknown checkpoint format {card['format']!r} (expected {FORMAT})", path)
+    shapes = {"method": str, "config": dict, "classes": list, "modalities": list, "files": dict}
+    wrong = [k for k, kind in shapes.items() if not isinstance(card[k], kind)]
+    if wrong or not all(isinstance(c, str) for c in card["classes"]) or not all(
+            isinstance(m, dict) and {"name", "kind"} <= set(m) for m in card["modalities"]):
+        raise MMXError(f"card is not shaped like a checkpoint card ({', '.join(wrong) or 'classes or modalities'}: "
+                       "method a string, config and files objects, classes a list of names, modalities a list of "
+                       "objects with a name and a kind)", path)
     files = card["files"]
     if not isinstance(files, dict) or WEIGHTS not in files:
         raise MMXError(f"card 'files' must map file names to sha256 and list {WEIGHTS}", path)
@@ -207,6 +221,10 @@ def load_checkpoint(folder: str | Path, device: str = "cpu"):
     except SafetensorError as e:
         raise MMXError(f"not a readable safetensors file ({e})", folder / WEIGHTS) from None
     state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}  # stored in half
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise MMXError(f"weights hold NaN or infinite values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})",
+                       folder / WEIGHTS)
     try:
         method.load_artefacts(files)
         method.load_weights(state)

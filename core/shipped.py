@@ -50,6 +50,8 @@ def available(root: str | Path | None = None) -> list[ShippedModel]:
     out = []
     for card in sorted(root.glob(f"*/*/{CARD}")):
         folder = card.parent
+        if folder.name.startswith(".") or folder.parent.name.startswith("."):
+            continue  # a save in progress (or killed) stages its folder under a hidden name
         try:
             out.append(ShippedModel(folder.parent.name, folder.name, folder, read_card(folder)))
         except MMXError as e:
@@ -65,4 +67,17 @@ def load(task: str, name: str, device: str = "cpu", root: str | Path | None = No
         names = [f"{m.task}/{m.name}" for m in available(root)]
         raise MMXError(f"no shipped model {task}/{name}; available: {names or 'none (run train.py --release)'}",
                        folder)
-    return load_checkpoint(folder, device)
+    return load_folder(folder, device)
+
+
+def load_folder(folder: str | Path, device: str = "cpu"):
+    """:func:`~core.checkpoint.load_checkpoint` with every failure an :class:`MMXError` naming the
+    checkpoint: a registry error names no file, and a card that is JSON but not shaped like a card
+    (e.g. ``"classes": null``) fails inside the loader as a KeyError or TypeError."""
+    folder = Path(folder)
+    try:
+        return load_checkpoint(folder, device)
+    except MMXError as e:
+        raise (e if e.source else MMXError(str(e), folder)) from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise MMXError(f"card does not describe a model ({type(e).__name__}: {e})", folder / CARD) from None

@@ -70,7 +70,11 @@ def sidebar(samples: bool = True) -> Current | None:
         if not samples:
             st.caption("Open a page to pick a sample for this model.")
             return None
-        method = load_model(shipped.task, shipped.name)
+        try:
+            method = load_model(shipped.task, shipped.name)
+        except Exception as e:  # a damaged checkpoint: say why, keep the app and the other models running
+            show_error(e)
+            return None
         st.caption(f"{(shipped.card or {}).get('title', '')}. Trained on {shipped.task}; the % is its balanced "
                    "accuracy on its test split.")
         if shipped.research_only:

@@ -21,9 +21,11 @@ from core.data.dataset import ModalitySpec, MultimodalDataset
 from core.data.readers import (
     IMAGE_SUFFIXES,
     Table,
+    h5mu_modalities,
     list_image_folder,
     looks_like_counts,
     normalize_expression,
+    read_csv_header,
     read_csv_table,
     read_h5ad,
     read_h5mu,
@@ -164,11 +166,7 @@ def _read_tables(path: Path, specs: dict[str, ModalitySpec], label_column: str |
         raise MMXError(f"{modality!r} is not an omics modality of the model; its omics modalities are {omics}", path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        try:
-            header = pd.read_csv(path, nrows=0).columns
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise MMXError(f"not a readable CSV ({e})", path) from None
-        col = _label_column(header, label_column, labelled, path)
+        col = _label_column(read_csv_header(path), label_column, labelled, path)
         tables = {modality: read_csv_table(path, label_column=col)}
     else:
         if suffix == ".h5ad":
@@ -178,18 +176,19 @@ def _read_tables(path: Path, specs: dict[str, ModalitySpec], label_column: str |
                 return {modality: read_h5ad(path, layer="counts")}
         else:
             use: dict[str, str] = {}
-            found = read_h5mu(path, None)
+            found = h5mu_modalities(path)
             for n in found:
                 m = _model_name(n, omics)
                 if m is None:
                     notes.append(f"modality {n!r} of the file is not one the model uses: ignored")
                 elif m in use.values():
-                    raise MMXError(f"several modalities of the file map to the model's {m!r}: {list(found)}", path)
+                    raise MMXError(f"several modalities of the file map to the model's {m!r}: {found}", path)
                 else:
                     use[n] = m
             if not use:
-                raise MMXError(f"has no modality the model uses ({omics}; aliases {ALIASES})", path)
-            tables = {m: found[n] for n, m in use.items()}
+                raise MMXError(f"has no modality the model uses ({omics}; aliases {ALIASES}); its modalities are "
+                               f"{found}", path)
+            tables = {use[n]: t for n, t in read_h5mu(path, tuple(use)).items()}
 
             def counts() -> dict[str | None, Table]:
                 return {use[n]: t for n, t in read_h5mu(path, tuple(use), layer="counts").items()}
@@ -202,6 +201,8 @@ def _read_tables(path: Path, specs: dict[str, ModalitySpec], label_column: str |
         obs = obs.loc[:, ~obs.columns.duplicated()]
         col = _label_column(obs.columns, label_column, labelled, path)
         if col is not None:
+            if obs[col].isna().any():
+                raise MMXError(f"label column {col!r} has {int(obs[col].isna().sum())} empty cells", path)
             next(iter(tables.values())).labels = obs[col].astype(str).to_numpy()
     first = next(iter(tables.values()))
     notes.append(f"read {path}: {len(first.ids)} samples, "

@@ -12,6 +12,7 @@ The dashboard's sample picker and a notebook use the same calls::
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from core.data.external import read_external
 from core.data.tasks.cells import IMAGE_CAVEAT, UPLOAD_IMAGE_CAVEAT
 from core.errors import MMXError
 from core.evaluate import open_source, predictable
+from core.limits import check_size
 from core.models.base import Method
 
 
@@ -99,6 +101,12 @@ def read_upload(method: Method, images: dict[str, tuple[str, bytes]] | None = No
     images = {m: f for m, f in (images or {}).items() if f is not None}
     if not images and table is None:
         raise MMXError("nothing uploaded: give an image and/or an expression table")
+    unknown = [m for m in images if m not in method.specs or method.specs[m].kind != "image"]
+    if unknown:
+        raise MMXError(f"model {method.name!r} has no image modality {unknown}; its modalities are "
+                       f"{list(method.specs)}")
+    for name, data in [*images.values(), *([table] if table is not None else [])]:
+        check_size(len(data), Path(name).name or "upload")  # before anything is written or read
     tables_feed = [m for m in method.predicts_from() if method.specs[m].kind == "omics"] if table is not None else []
     need = [m for m in method.required_modalities() if m not in images and m not in tables_feed]
     if need:
@@ -164,13 +172,18 @@ def _read(path: Path, name: str, method: Method, **options):
 
 
 def _stage(tmp: str, slot: str, name: str, data: bytes, digests: dict[str, str]) -> Path:
-    """Write an uploaded file under its own name (readers choose by suffix) and record its hash."""
-    clean = Path(name).name or "upload"
+    """Write an uploaded file under a safe version of its name (readers choose by suffix: it is
+    kept; a name may be anything a browser sends, e.g. ``..``, 300 characters or a NUL) and
+    record its hash under the name as given."""
+    given = Path(name).name or "upload"
+    stem, suffix = Path(given).stem, Path(given).suffix
+    suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
+    stem = re.sub(r"[^\w.+-]", "_", stem).strip(".")[:100] or "upload"
     folder = Path(tmp) / slot
     folder.mkdir()
-    path = folder / clean
+    path = folder / (stem + suffix)
     path.write_bytes(data)
-    digests[clean] = hashlib.sha256(data).hexdigest()
+    digests[given] = hashlib.sha256(data).hexdigest()
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,7 @@ def parse_mask(mask: dict[str, str | MaskSpec] | None, specs: dict[str, Modality
             raise MMXError(f"mask {m}=patches needs patch indices (e.g. patches:0,17)")
         if spec.fill not in PATCH_FILLS:
             raise MMXError(f"mask {m}: patch fill {spec.fill!r} is not one of {PATCH_FILLS}")
+        _check_numbers(spec, m)
         if spec.mode == "topk" and patch_size is None:
             raise MMXError(f"top-k patch masking of {m!r} needs a model with a patch informativeness map")
         if spec.mode == "topk" and spec.patch_size not in (None, patch_size):
@@ -85,6 +87,16 @@ def parse_mask(mask: dict[str, str | MaskSpec] | None, specs: dict[str, Modality
             spec = dataclasses.replace(spec, patch_size=patch_size or DEFAULT_PATCH)
         out[m] = spec
     return out
+
+
+def _check_numbers(spec: MaskSpec, m: str) -> None:
+    """Numbers a mask is made of, checked before they reach torch (which overflows or divides by zero)."""
+    if spec.patch_size is not None and not (isinstance(spec.patch_size, Integral) and spec.patch_size >= 1):
+        raise MMXError(f"mask {m}: patch size must be a whole number of pixels >= 1, not {spec.patch_size!r}")
+    if not (isinstance(spec.blur_sigma, Real) and 0.01 <= spec.blur_sigma <= 1000):  # tinier ones blur into NaN
+        raise MMXError(f"mask {m}: blur sigma must be 0.01 to 1000 pixels, not {spec.blur_sigma!r}")
+    if not isinstance(spec.k, Integral) or any(not isinstance(p, Integral) or p < 0 for p in spec.patches):
+        raise MMXError(f"mask {m}: patch indices and k must be whole numbers >= 0")
 
 
 def patch_grid_mask(n: int, h: int, w: int, patch_size: int, patches: torch.Tensor) -> torch.Tensor:
@@ -109,11 +121,19 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_m
     """Return a copy of prepared inputs ``x`` with the modalities in ``mask`` masked."""
     out = dict(x)
     for m, spec in mask.items():
+        if m not in x:
+            raise MMXError(f"cannot mask {m!r}: the inputs hold {list(x)}")
+        _check_numbers(spec, m)
         v = x[m]
         if spec.mode in ("patches", "topk"):
+            if v.ndim != 4:
+                raise MMXError(f"patch masking of {m!r} needs images (N x C x H x W), not shape {tuple(v.shape)}")
             n, _, h, w = v.shape
             p = spec.patch_size or DEFAULT_PATCH
             if spec.mode == "patches":
+                cells = -(-h // p) * -(-w // p)
+                if any(i >= cells for i in spec.patches):
+                    raise MMXError(f"patch indices must lie in 0..{cells - 1} (the {p} px patch grid of {m!r})")
                 idx = torch.tensor(spec.patches, device=v.device).long().expand(n, -1)
             else:
                 if feature_maps is None or m not in feature_maps:
@@ -125,6 +145,8 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_m
         elif spec.mode == "zeros":
             out[m] = torch.zeros_like(v)
         elif spec.mode == "mean":
+            if training_mean is None:
+                raise MMXError(f"mask {m}=mean needs the training mean (a fitted model's prep)")
             out[m] = training_mean(m).to(v).expand_as(v).clone()
         elif spec.mode == "gray":
             out[m] = torch.full_like(v, 0.5)
