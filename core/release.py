@@ -90,7 +90,8 @@ RELEASE: tuple[Release, ...] = (
             "results/derm7pt/guidance.md"),
     Release("derm7pt", "cnn", "cnn", _DERM_CNN.modalities, _DERM_CNN.config, "CNN: dermoscopic photo",
             DERM_IMAGE_SIZE, "results/derm7pt/image_only.md"),
-    Release("pbc", "cnn", "cnn", ("image",), PBC_CNN, "CNN: blood-cell image", recipe="results/pbc/cnn.md"),
+    Release("pbc", "cnn", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}, "CNN (ResNet): blood-cell image",
+            recipe="results/pbc/cnn.md"),
 )
 #: data whose terms allow research use only: their models inherit the restriction
 RESEARCH_ONLY = {"derm7pt": "Derm7pt images may be used for academic research only and may not be redistributed; "
