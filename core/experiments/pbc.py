@@ -1,7 +1,8 @@
 """``pbc/cnn``: the image-only CNN on the PBC blood-cell images (8 classes, stratified 60/20/20
-x 3 seeds). The six metrics hide which classes fail, so the table adds the per-class recall and a
-confusion matrix summed over the three test sets, and the findings name the worst classes and the
-most frequent confusions.
+x 3 seeds), with the small CNN and the ResNet encoder. The six metrics hide which classes fail, so
+the table adds accuracy on the four large classes, and for the better row the per-class recall and
+a confusion matrix summed over the three test sets; the findings name the worst classes and the
+most frequent confusions. ``pbc/encoders`` compares every encoder option on one split.
 
 The recipe is the cells CNN's (:data:`core.experiments.mmdynamics.CELLS_TRAIN`), fixed before any
 result was seen; each split's epoch is chosen on its validation rows, the test rows are only scored.
