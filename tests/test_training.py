@@ -138,3 +138,57 @@ def test_train_cli_reports_bad_input(capsys):
 
     assert train.main(["--task", "nope", "--method", "early_lr"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def _mm_dynamics_fit(demo, resident: bool, plain_dropout: bool, monkeypatch) -> tuple[list[float], dict]:
+    from core.models import mmdynamics
+
+    ds, split = demo.dataset, demo.splits["logo"][0]
+    with monkeypatch.context() as mp:
+        if plain_dropout:
+            mp.setattr(mmdynamics, "_same_mask_dropouts", lambda net: net)
+        m = get_method("mm_dynamics", ds.specs, ds.classes, epochs=3, batch_size=16, patience=None)
+        m.resident_inputs = resident
+        m.fit(ds, split, seed=0)
+    return [h["train_loss"] for h in m.fit_result.history], m.net.state_dict()
+
+
+def test_resident_inputs_and_same_mask_dropout_train_exactly_as_before(demo, monkeypatch):
+    """The fast paths of a fit (prepared rows kept on the device, the faster dropout mask draw)
+    give bit-identical losses and weights to the per-step path with torch's dropout, on
+    mini-batches with shuffling and an image modality (the demo task)."""
+    base_losses, base_state = _mm_dynamics_fit(demo, resident=False, plain_dropout=True, monkeypatch=monkeypatch)
+    for resident, plain in ((True, True), (False, False), (True, False)):
+        losses, state = _mm_dynamics_fit(demo, resident, plain, monkeypatch)
+        assert losses == base_losses, (resident, plain)
+        assert _same(state, base_state), (resident, plain)
+
+
+def test_resident_rows_are_used_and_marked_prepared(demo, monkeypatch):
+    """A method that opts in trains on prepared device rows (validation still prepares its own);
+    modality dropout keeps the per-step path."""
+    ds, split = demo.dataset, demo.splits["logo"][0]
+    seen = []
+    for dropout in (0.0, 0.3):
+        m = get_method("mm_dynamics", ds.specs, ds.classes, epochs=1, batch_size=32, patience=None,
+                       modality_dropout=dropout)
+        forward = m.forward
+        monkeypatch.setattr(m, "forward", lambda b, train=False, masks=None, d=dropout, f=forward: (
+            train and seen.append((d, bool(b.get("prepared"))))) or f(b, train, masks))
+        m.fit(ds, split, seed=0)
+    assert {p for d, p in seen if d == 0.0} == {True} and {p for d, p in seen if d > 0} == {False}
+
+
+def test_same_mask_dropout_is_torch_dropout():
+    from core.models.mmdynamics import SameMaskDropout
+
+    x = torch.randn(37, 53, requires_grad=True)
+    for p in (0.5, 0.3):
+        torch.manual_seed(1)
+        a = torch.nn.functional.dropout(x, p, training=True)
+        ga, = torch.autograd.grad(a.sum(), x)
+        torch.manual_seed(1)
+        b = SameMaskDropout(p).train()(x)
+        gb, = torch.autograd.grad(b.sum(), x)
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+    assert torch.equal(SameMaskDropout(0.5).eval()(x), x)

@@ -213,6 +213,9 @@ class TorchMethod(Method):
     """A method whose model is one :class:`Net` trained by the shared loop."""
 
     Config: ClassVar[type] = DeepConfig
+    #: train on inputs prepared once and kept on the device (:class:`core.train.loop.ResidentRows`);
+    #: only for methods whose training forward reads its batch through :meth:`model_inputs`
+    resident_inputs: ClassVar[bool] = False
 
     def __init__(self, specs, classes, config):
         super().__init__(specs, classes, config)
@@ -233,7 +236,7 @@ class TorchMethod(Method):
         then absent modalities filled per ``config.missing``."""
         if train and self.config.modality_dropout > 0:
             batch = drop_modalities(batch, self.config.modality_dropout)
-        x = self.prepared(batch, masks, feature_maps)
+        x = batch["x"] if batch.get("prepared") else self.prepared(batch, masks, feature_maps)
         return fill_absent(x, batch["present"], self.config.missing, self.specs, self.prep.training_mean)
 
     def forward(self, batch: dict, train: bool = False, masks: dict[str, MaskSpec] | None = None) -> ModelOutput:
@@ -243,8 +246,10 @@ class TorchMethod(Method):
         self.net = self.build_net()  # fresh weights drawn under the seed just set
         init_pretrained(self.net)
         self.module().to(self.device)
+        # modality dropout zeroes raw inputs before preparation, so it needs the per-step path
+        prepare = self.prep if self.resident_inputs and not self.config.modality_dropout else None
         return loop.fit(self.net, self.forward, data, split.train, split.val, self.config.train, self.device,
-                        seed, progress, callback)
+                        seed, progress, callback, prepare=prepare)
 
     def _predict_outputs(self, data, idx, masks) -> ModelOutput:
         self.module().to(self.device)
