@@ -6,6 +6,7 @@ Examples:
   python train.py --experiment cells/image_dynamics     # a named reproduction table
   python train.py --release [--task pbc]                # train the shipped models into checkpoints/
   python train.py --pretrain                            # self-supervised image encoder (checkpoints/encoders/)
+  python train.py --all                                 # everything above, resumable (--quick: a smoke run)
   python train.py --evaluate checkpoints/pbc/cnn --data-dir my_images/   # class sub-folders
   python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells.h5mu --label lineage
   python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells  # its own test split
@@ -84,6 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "single table feeds (default: found by kind and feature names)")
     p.add_argument("--name", help="experiment name for the output files")
     p.add_argument("--experiment", help="run a named reproduction experiment (see --list)")
+    p.add_argument("--all", action="store_true", help="reproduce everything: the encoder, every experiment and the "
+                   "release, in dependency order; a step whose code, data and files are unchanged since it last ran "
+                   "(recorded in --out/reproduce_all.json) is skipped, so an interrupted run continues")
+    p.add_argument("--quick", action="store_true", help="with --all: a smoke run of every step's code (synthetic demo "
+                   "task or 1 epoch) into results/quick/ (or --out), checkpoints in --out/checkpoints/")
+    p.add_argument("--dry-run", action="store_true", help="with --all: print the plan with the wall time each "
+                   "committed table and model set recorded, and the total; run nothing")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--list", action="store_true", help="list tasks, methods and experiments")
     return p.parse_args(argv)
@@ -135,6 +143,26 @@ def run_pretrain(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def run_all(args: argparse.Namespace, command: str) -> int:
+    """``--all`` (``--quick``, ``--dry-run``): exit status 1 when a step failed, 130 when interrupted."""
+    from pathlib import Path
+
+    from core.paths import REPO_ROOT
+    from core.reproduce import recorded_plan, reproduce_all, summary
+
+    if args.dry_run:
+        print(recorded_plan(args.out, args.checkpoint_dir))
+        return 0
+    out = Path(args.out)
+    if args.quick and out.resolve() == (REPO_ROOT / "results").resolve():
+        out = out / "quick"  # a smoke run never overwrites the committed tables
+    outcomes = reproduce_all(out, device=args.device, data_dir=args.data_dir, checkpoints=args.checkpoint_dir,
+                             quick=args.quick, command=command)
+    print(summary(outcomes))
+    statuses = {o.status for o in outcomes}
+    return 130 if "interrupted" in statuses else 1 if "failed" in statuses else 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """``--evaluate`` / ``--predict``: a checkpoint on ``--data-dir`` (the data to score here)."""
     from pathlib import Path
@@ -178,6 +206,10 @@ def main(argv=None) -> int:
         if args.list:
             list_all()
             return 0
+        if args.all:
+            return run_all(args, "python train.py " + shlex.join(argv))
+        if args.quick or args.dry_run:
+            raise MMXError("--quick and --dry-run go with --all")
         if args.release:
             return run_release(args, "python train.py " + shlex.join(argv))
         if args.evaluate or args.predict:
@@ -213,6 +245,7 @@ def main(argv=None) -> int:
                            seconds=time.perf_counter() - t0, device=args.device)
         print(path.read_text())
         return 0
+
     except MMXError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
