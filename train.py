@@ -202,53 +202,76 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    from core.train import distributed
+
     try:
-        if args.list:
-            list_all()
-            return 0
-        if args.all:
-            return run_all(args, "python train.py " + shlex.join(argv))
-        if args.quick or args.dry_run:
-            raise MMXError("--quick and --dry-run go with --all")
-        if args.release:
-            return run_release(args, "python train.py " + shlex.join(argv))
-        if args.evaluate or args.predict:
-            return run_evaluate(args)
-        if args.pretrain:
-            return run_pretrain(args, "python train.py " + shlex.join(argv))
-        if args.experiment:
-            from core.experiments import get_experiment
-
-            task = {"task": args.task} if args.task else {}  # another task with the same modalities, e.g. demo
-            for path in get_experiment(args.experiment).run(out_dir=args.out, device=args.device,
-                                                            data_dir=args.data_dir, progress=args.progress, **task):
-                print(f"wrote {path}")
-            return 0
-        if not args.task or not args.method:
-            raise MMXError("give --task and --method (or --experiment, or --list)")
-        from core.data.tasks import get_task
-        from core.experiments.runner import Row, run_rows, write_table
-
-        # checked before any data is read; the table records the whole resolved config
-        config = dataclasses.asdict(method_config(args.method, args.set, args.epochs))
-        mask = _pairs(args.mask, "--mask", "MODALITY=MODE") or None
-        td = get_task(args.task, args.data_dir)
-        if td.dataset.synthetic:
-            print("note: task 'demo' is SYNTHETIC data")
-        mods = tuple(args.modalities.split(",")) if args.modalities else tuple(td.dataset.specs)
-        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
-        row = Row(f"{args.method} ({'+'.join(mods)})", args.method, mods, config, mask, args.target)
-        t0 = time.perf_counter()
-        results = run_rows(td, [row], args.split, seeds, args.device, args.progress)
-        name = args.name or f"{args.method}_{'+'.join(mods)}" + (f"_{args.target}" if args.target else "")
-        path = write_table(args.out, td, name, f"{args.method} on {args.task} ({'+'.join(mods)})", results,
-                           seconds=time.perf_counter() - t0, device=args.device)
-        print(path.read_text())
-        return 0
-
+        args.device = distributed.setup(args.device)  # under torchrun: join the other processes
+        if not distributed.is_main():
+            return _as_helper_rank(args, argv)
+        return _run(args, argv)
     except MMXError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
+
+
+def _as_helper_rank(args: argparse.Namespace, argv: list[str]) -> int:
+    """A rank other than 0 trains its share like rank 0 but writes into a scratch folder that is
+    then deleted, and prints nothing: rank 0 alone writes results and checkpoints."""
+    import contextlib
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mmx-rank-") as scratch, open(os.devnull, "w") as quiet:
+        args.out, args.checkpoint_dir = scratch, scratch
+        with contextlib.redirect_stdout(quiet):
+            return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.list:
+        list_all()
+        return 0
+    if args.all:
+        return run_all(args, "python train.py " + shlex.join(argv))
+    if args.quick or args.dry_run:
+        raise MMXError("--quick and --dry-run go with --all")
+    if args.release:
+        return run_release(args, "python train.py " + shlex.join(argv))
+    if args.evaluate or args.predict:
+        return run_evaluate(args)
+    if args.pretrain:
+        return run_pretrain(args, "python train.py " + shlex.join(argv))
+    if args.experiment:
+        from core.experiments import get_experiment
+
+        task = {"task": args.task} if args.task else {}  # another task with the same modalities, e.g. demo
+        for path in get_experiment(args.experiment).run(out_dir=args.out, device=args.device,
+                                                        data_dir=args.data_dir, progress=args.progress, **task):
+            print(f"wrote {path}")
+        return 0
+    if not args.task or not args.method:
+        raise MMXError("give --task and --method (or --experiment, or --list)")
+    from core.data.tasks import get_task
+    from core.experiments.runner import Row, run_rows, write_table
+
+    # checked before any data is read; the table records the whole resolved config
+    config = dataclasses.asdict(method_config(args.method, args.set, args.epochs))
+    mask = _pairs(args.mask, "--mask", "MODALITY=MODE") or None
+    td = get_task(args.task, args.data_dir)
+    if td.dataset.synthetic:
+        print("note: task 'demo' is SYNTHETIC data")
+    mods = tuple(args.modalities.split(",")) if args.modalities else tuple(td.dataset.specs)
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    row = Row(f"{args.method} ({'+'.join(mods)})", args.method, mods, config, mask, args.target)
+    t0 = time.perf_counter()
+    results = run_rows(td, [row], args.split, seeds, args.device, args.progress)
+    name = args.name or f"{args.method}_{'+'.join(mods)}" + (f"_{args.target}" if args.target else "")
+    path = write_table(args.out, td, name, f"{args.method} on {args.task} ({'+'.join(mods)})", results,
+                       seconds=time.perf_counter() - t0, device=args.device)
+    print(path.read_text())
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from core import metrics
 from core.data.tasks import TaskData, get_task
 from core.errors import MMXError
 from core.models.registry import get_method
+from core.train import distributed
 from core.train.device import resolve_device
 from core.train.results import atomic_write_text, write_json
 
@@ -109,7 +110,8 @@ def write_table(out_dir: str | Path, task: TaskData, name: str, title: str, resu
     base = Path(out_dir) / ds.name / name
     payload = {
         "title": title, "task": ds.name, "synthetic": ds.synthetic, "command": command,
-        "data_hash": ds.data_hash(), "device": dev, "host": platform.node(), "torch": torch.__version__,
+        "data_hash": ds.data_hash(), "device": dev, "processes": distributed.world_size(), "host": platform.node(),
+        "torch": torch.__version__,
         "wall_seconds": round(seconds, 1), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rows": [{"label": r.row.label, "row": dataclasses.asdict(r.row),
                   "classes": list(ds.with_target(r.row.target).classes), "runs": r.runs,

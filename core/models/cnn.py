@@ -46,8 +46,9 @@ class CNN(TorchMethod):
 
     def __init__(self, specs, classes, config):
         if len(specs) != 1:
+            image = next((m for m, v in specs.items() if v.kind == "image"), "image")
             raise MMXError(f"method 'cnn' takes exactly one image modality, got {list(specs)}; "
-                           f"select one (e.g. --modalities {next(iter(specs), 'image')})")
+                           f"select one (e.g. --modalities {image})")
         super().__init__(specs, classes, config)
 
     def build_net(self) -> Net:

@@ -18,6 +18,7 @@ from torch import nn
 from core import metrics
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
+from core.train import distributed
 from core.train.output import ModelOutput
 
 
@@ -142,6 +143,14 @@ class ResidentRows:
                 "y": self.y[p], "index": idx, "prepared": True}
 
 
+def epoch_batches(rows: np.ndarray, batch_size: int | None, gen: torch.Generator, epoch: int, seed: int):
+    """This process's training batches of ``epoch``: every row, shuffled by ``gen``; under
+    ``torchrun``, its ``DistributedSampler`` share, in steps that keep the global batch size."""
+    if not distributed.active():
+        return iterate(rows, batch_size, gen)
+    return iterate(distributed.epoch_rows(rows, epoch, seed), distributed.rank_batch_size(batch_size), gen)
+
+
 def training_rows(train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainConfig | None) -> np.ndarray:
     """The rows a model learns from (its input scaling included): with a fixed schedule nothing
     is selected, so the validation rows train too."""
@@ -193,46 +202,47 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(bar, desc="epochs", leave=False)
-    for epoch in bar:
-        net.train()
-        losses = []  # (loss, rows) per step, read back after the epoch: no device sync per step
-        for idx in iterate(train_idx, cfg.batch_size, gen):
-            batch = resident.batch(idx) if resident else to_device(data.batch(idx), device)
-            if cfg.augment:
-                batch["x"] = random_flips(batch["x"], [m for m, s in data.specs.items() if s.kind == "image"], gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = forward(batch, True)
-                loss, _ = net.loss(out, batch["y"], weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append((loss.detach(), len(idx)))
-        total, seen = sum(float(v) * n for v, n in losses), sum(n for _, n in losses)
-        if sched is not None:
-            sched.step()
-        if cfg.fixed_schedule:
-            history.append({"epoch": epoch, "train_loss": total / max(seen, 1)})
-            best_epoch = epoch
+    with distributed.data_parallel(net):  # a no-op in a single process
+        for epoch in bar:
+            net.train()
+            losses = []  # (loss, rows) per step, read back after the epoch: no device sync per step
+            for idx in epoch_batches(train_idx, cfg.batch_size, gen, epoch, seed):
+                batch = resident.batch(idx) if resident else to_device(data.batch(idx), device)
+                if cfg.augment:
+                    batch["x"] = random_flips(batch["x"], [m for m, s in data.specs.items() if s.kind == "image"], gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = forward(batch, True)
+                    loss, _ = net.loss(out, batch["y"], weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append((loss.detach(), len(idx)))
+            total, seen = sum(float(v) * n for v, n in losses), sum(n for _, n in losses)
+            if sched is not None:
+                sched.step()
+            if cfg.fixed_schedule:
+                history.append({"epoch": epoch, "train_loss": total / max(seen, 1)})
+                best_epoch = epoch
+                if callback is not None:
+                    callback(epoch, cfg.epochs, history[-1])
+                continue
+            if epoch % cfg.eval_every and epoch != cfg.epochs:
+                continue
+            val = evaluate(net, forward, data, val_idx, device, weight, cfg.batch_size)
+            score = val["loss"] if cfg.monitor == "loss" else val[cfg.monitor]
+            history.append({"epoch": epoch, "train_loss": total / max(seen, 1), **val})
+            better = (score > best[0] or (score == best[0] and val["loss"] < best[1])) if higher else score < best[0]
+            if better:
+                best, best_epoch, stale = (score, val["loss"]), epoch, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                stale += cfg.eval_every
+            if progress:
+                bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", val=f"{score:.3f}")
             if callback is not None:
                 callback(epoch, cfg.epochs, history[-1])
-            continue
-        if epoch % cfg.eval_every and epoch != cfg.epochs:
-            continue
-        val = evaluate(net, forward, data, val_idx, device, weight, cfg.batch_size)
-        score = val["loss"] if cfg.monitor == "loss" else val[cfg.monitor]
-        history.append({"epoch": epoch, "train_loss": total / max(seen, 1), **val})
-        better = (score > best[0] or (score == best[0] and val["loss"] < best[1])) if higher else score < best[0]
-        if better:
-            best, best_epoch, stale = (score, val["loss"]), epoch, 0
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            stale += cfg.eval_every
-        if progress:
-            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", val=f"{score:.3f}")
-        if callback is not None:
-            callback(epoch, cfg.epochs, history[-1])
-        if cfg.patience is not None and stale >= cfg.patience:
-            break
+            if cfg.patience is not None and stale >= cfg.patience:
+                break
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
