@@ -90,8 +90,7 @@ def run_reference(data: MultimodalDataset, split: Split, seed: int, epochs: int 
     seed_everything(seed)
     t0 = time.perf_counter()
     rows = torch.as_tensor(training_rows(split.train, split.val, mmdynamics.reference_training()))
-    prep = InputPrep(data.specs, "minmax").fit({m: v[rows] for m, v in data.modalities.items()},
-                                               {m: p[rows] for m, p in data.present.items()})
+    prep = InputPrep(data.specs, "minmax").fit(data.modalities, data.present, rows)
     x = [v for v in prep({m: v[rows] for m, v in data.modalities.items()}).values()]
     y = data.y[rows]
     net = ReferenceNet([v.shape[1] for v in x], data.n_classes)
@@ -198,9 +197,10 @@ def main() -> None:
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     text = "\n".join([
         "# MM dynamics on ROSMAP: ours against the reference code's training regime", "",
-        f"Produced by: `OMP_NUM_THREADS={args.threads} python bench/rosmap_vs_reference.py --threads {args.threads} "
-        f"--seeds {args.seeds}`  ",
-        f"Date {datetime.date.today().isoformat()}, CPU {cpu}, {args.threads} intra-op thread(s), torch "
+        f"Measured {datetime.date.today().isoformat()} by `bench/rosmap_vs_reference.py`:", "",
+        f"    OMP_NUM_THREADS={args.threads} python bench/rosmap_vs_reference.py --threads {args.threads} "
+        f"--seeds {args.seeds}", "",
+        f"CPU {cpu}, {args.threads} intra-op thread(s), torch "
         f"{torch.__version__}; one process, seeds {args.seeds} interleaved; wall time of training only "
         "(input scaling included, prediction excluded). MOGONET split: training part "
         f"{len(split.train) + len(split.val)} patients, test {len(split.test)}.", "",

@@ -153,7 +153,7 @@ def make_probe(demo, split, modality: str, unit: int) -> Probe:
     data = demo.dataset
     probe = Probe(data.specs, data.classes, modality, unit)
     tr = torch.as_tensor(split.train)
-    probe.prep.fit({m: data.modalities[m][tr] for m in data.specs}, {m: data.present[m][tr] for m in data.specs})
+    probe.prep.fit(data.modalities, data.present, tr)
     probe.net.centre.fill_(float(probe.net.read(probe.prep.training_mean(modality)[None])[0]))
     probe.fit_result = FitResult(0, 0.0, 0, 0.0)
     return probe

@@ -86,7 +86,7 @@ def test_fi_mi_switches_remove_exactly_their_terms_and_weights_apply_once(demo, 
     ds = demo.dataset
     w = dict(w_fused=2.0, w_sparsity=0.5, w_sparsity_image=0.1, w_confidence=3.0, w_modality=0.25)
     m = get_method("mm_dynamics", ds.specs, ds.classes, feature_informativeness=fi, modality_informativeness=mi, **w)
-    m.prep.fit(ds.modalities, ds.present)
+    m.prep.fit(ds.modalities, ds.present, torch.arange(len(ds)))
     batch = ds.batch(np.arange(40))
     torch.manual_seed(0)
     m.net.train()
@@ -108,7 +108,7 @@ def test_fi_mi_switches_remove_exactly_their_terms_and_weights_apply_once(demo, 
 def test_confidence_scales_the_latent(demo):
     ds = demo.dataset
     m = get_method("mm_dynamics", ds.specs, ds.classes)
-    m.prep.fit(ds.modalities, ds.present)
+    m.prep.fit(ds.modalities, ds.present, torch.arange(len(ds)))
     m.net.eval()
     with torch.no_grad():
         out = m.forward(ds.batch(np.arange(8)))
@@ -120,7 +120,7 @@ def test_confidence_scales_the_latent(demo):
 def test_mm_static_fixed_weights(demo):
     ds = demo.dataset
     m = get_method("mm_static", ds.specs, ds.classes, modality_weights={"rna": 1.0, "protein": 3.0, "image": 6.0})
-    m.prep.fit(ds.modalities, ds.present)
+    m.prep.fit(ds.modalities, ds.present, torch.arange(len(ds)))
     m.net.eval()
     with torch.no_grad():
         out = m.forward(ds.batch(np.arange(5)))
@@ -341,7 +341,7 @@ def test_absent_clinical_photo_adds_no_latent_and_no_loss_terms(derm7pt):
     assert len(absent) == 9
     idx = np.r_[absent[:3], np.flatnonzero(ds.present["clinic"].numpy())[:3]]
     m = get_method("mm_dynamics", ds.specs, ds.classes)
-    m.prep.fit(ds.modalities, ds.present)
+    m.prep.fit(ds.modalities, ds.present, torch.arange(len(ds)))
     m.net.eval()
     with torch.no_grad():
         out = m.forward(ds.batch(idx))

@@ -19,7 +19,7 @@ from core.data.splits import Split
 from core.errors import MMXError
 from core.models.absent import check_settings, drop_modalities, fill_absent
 from core.models.encoders import init_pretrained
-from core.models.masking import MaskSpec, apply_mask, parse_mask
+from core.models.masking import Mask, apply_mask, check_rows, parse_mask, uses_topk
 from core.models.prep import InputPrep
 from core.train import loop
 from core.train.device import resolve_device, seed_everything
@@ -154,17 +154,19 @@ class Method(ABC):
         self.device = resolve_device(device)
         train_cfg = getattr(self.config, "train", None)
         tr = torch.as_tensor(loop.training_rows(split.train, split.val, train_cfg))
-        self.prep.fit({m: data.modalities[m][tr] for m in self.specs}, {m: data.present[m][tr] for m in self.specs})
+        self.prep.fit(data.modalities, data.present, tr)
         self.fit_result = self._fit(data, split, seed, progress, callback)
         return self.fit_result
 
     def predict(self, data: MultimodalDataset, idx: np.ndarray | None = None, *,
-                mask: dict[str, str | MaskSpec] | None = None) -> Prediction:
+                mask: dict[str, str | Mask] | None = None) -> Prediction:
         """Probabilities and explain outputs for samples ``idx`` (all when None), with the
-        modalities in ``mask`` masked at test time."""
+        modalities in ``mask`` masked at test time (a :class:`~core.models.masking.RowMasks`
+        masks each row of ``data`` its own way)."""
         data = self.check_data(data)
         idx = np.arange(len(data)) if idx is None else np.asarray(idx)
         masks = parse_mask(mask, self.specs, getattr(self.config, "patch_size", None))
+        check_rows(masks, len(data))
         out = self._predict_outputs(data, idx, masks)
         return Prediction(torch.softmax(out.logits.float(), 1).numpy(), out)
 
@@ -185,18 +187,18 @@ class Method(ABC):
         return data
 
     # ------------------------------------------------------------ shared helpers
-    def prepared(self, batch: dict, masks: dict[str, MaskSpec] | None = None,
+    def prepared(self, batch: dict, masks: dict[str, Mask] | None = None,
                  feature_maps: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Scaled inputs of a batch, masked where asked."""
+        """Scaled inputs of a batch, masked where asked (per-row masks by the batch's data rows)."""
         x = self.prep(batch["x"])
-        return apply_mask(x, masks, self.prep.training_mean, feature_maps) if masks else x
+        return apply_mask(x, masks, self.prep.training_mean, feature_maps, batch.get("index")) if masks else x
 
     @abstractmethod
     def _fit(self, data: MultimodalDataset, split: Split, seed: int, progress: bool, callback) -> loop.FitResult:
         ...
 
     @abstractmethod
-    def _predict_outputs(self, data: MultimodalDataset, idx: np.ndarray, masks: dict[str, MaskSpec]) -> ModelOutput:
+    def _predict_outputs(self, data: MultimodalDataset, idx: np.ndarray, masks: dict[str, Mask]) -> ModelOutput:
         ...
 
 
@@ -230,7 +232,7 @@ class TorchMethod(Method):
         """Everything a checkpoint must hold: the net and the input preparation."""
         return nn.ModuleDict({"prep": self.prep, "net": self.net})
 
-    def model_inputs(self, batch: dict, masks: dict[str, MaskSpec] | None = None,
+    def model_inputs(self, batch: dict, masks: dict[str, Mask] | None = None,
                      feature_maps: dict[str, torch.Tensor] | None = None, train: bool = False) -> tuple[dict, dict]:
         """Prepared inputs and presence as the net sees them: modality dropout while training,
         then absent modalities filled per ``config.missing``."""
@@ -239,7 +241,7 @@ class TorchMethod(Method):
         x = batch["x"] if batch.get("prepared") else self.prepared(batch, masks, feature_maps)
         return fill_absent(x, batch["present"], self.config.missing, self.specs, self.prep.training_mean)
 
-    def forward(self, batch: dict, train: bool = False, masks: dict[str, MaskSpec] | None = None) -> ModelOutput:
+    def forward(self, batch: dict, train: bool = False, masks: dict[str, Mask] | None = None) -> ModelOutput:
         return self.net(*self.model_inputs(batch, masks, train=train))
 
     def _fit(self, data, split, seed, progress, callback) -> loop.FitResult:
@@ -255,7 +257,7 @@ class TorchMethod(Method):
         self.module().to(self.device)
         bs = self.config.train.batch_size
         maps = None
-        if any(s.mode == "topk" for s in masks.values()):  # rank patches by the unmasked map first
+        if uses_topk(masks):  # rank patches by the unmasked map first
             maps = loop.predict_outputs(self.net, self.forward, data, idx, self.device, bs).feature_maps
             pos = torch.full((len(data),), -1, dtype=torch.long)
             pos[torch.as_tensor(idx)] = torch.arange(len(idx))

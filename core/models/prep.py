@@ -7,6 +7,8 @@ from torch import nn
 
 from core.data.dataset import ModalitySpec
 
+IMAGE_CHUNK = 256  # images per step of the mean-image sum (its float64 copy: 25 MB at 64 px)
+
 
 class InputPrep(nn.Module):
     """Min-max (the MM dynamics recipe) or standard scaling per omics modality, fitted on the
@@ -28,23 +30,28 @@ class InputPrep(nn.Module):
                 self.register_buffer(f"mean_{m}", torch.zeros(s.image_shape))
 
     @torch.no_grad()
-    def fit(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> "InputPrep":
+    def fit(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor], rows: torch.Tensor) -> "InputPrep":
+        """Fit on ``rows`` of the full modality tensors ``x`` where each modality is present. The
+        mean image is summed over chunks of rows, so fitting holds no copy of the training images."""
         for m, s in self.specs.items():
+            keep = rows[present[m][rows]]
             if s.kind != "omics":
-                rows = x[m][present[m]]
-                getattr(self, f"mean_{m}").copy_(rows.sum(0, dtype=torch.float32) / max(len(rows), 1) / 255.0)
+                total = torch.zeros(s.image_shape, dtype=torch.float64)
+                for chunk in keep.split(IMAGE_CHUNK):
+                    total += x[m][chunk].sum(0, dtype=torch.float64)
+                getattr(self, f"mean_{m}").copy_(total / max(len(keep), 1) / 255.0)
                 continue
-            rows = x[m][present[m]].float()
+            v = x[m][keep].float()
             if self.scaling == "minmax":
-                shift, scale = rows.min(0).values, rows.max(0).values - rows.min(0).values
+                shift, scale = v.min(0).values, v.max(0).values - v.min(0).values
             elif self.scaling == "standard":
-                shift, scale = rows.mean(0), rows.std(0)
+                shift, scale = v.mean(0), v.std(0)
             else:
-                shift, scale = torch.zeros_like(rows[0]), torch.ones_like(rows[0])
+                shift, scale = torch.zeros_like(v[0]), torch.ones_like(v[0])
             scale = torch.where(scale > 1e-8, scale, torch.ones_like(scale))
             getattr(self, f"shift_{m}").copy_(shift)
             getattr(self, f"scale_{m}").copy_(scale)
-            getattr(self, f"mean_{m}").copy_(((rows - shift) / scale).mean(0))
+            getattr(self, f"mean_{m}").copy_(((v - shift) / scale).mean(0))
         return self
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
