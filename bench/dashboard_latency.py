@@ -7,6 +7,9 @@ server): what a user waits for after a click, on this machine's CPU.
    caches it per sample; computed outside the timing) + building the probability figure and one
    patch map per image modality. Reported apart: ``plotly.io.to_json`` of those figures, which
    ``st.plotly_chart`` does on every rerun. ``--warmup`` toggles first, not timed. Goal: p95 <= 150 ms.
+   Then, per sample (``--curves`` random test samples): the patch-ablation curve of the first image
+   modality (17 masked variants, the unmasked result given, as the informativeness page asks it) and
+   ``live_predict`` with nothing cached (unmasked + masked, as the report asks it).
 2. Cold start: a new interpreter runs ``AppTest.from_file("dashboard/Home.py").run()``; timed from
    just before spawning it to its exit, ``--cold-repeats`` times (also the same process without
    ``.run()``, and one that only imports the page's modules, to show what is import time). Then as a
@@ -16,7 +19,8 @@ server): what a user waits for after a click, on this machine's CPU.
    over the test split, and ``sample_report`` (the "Download report" zip) of one sample.
 
     python bench/dashboard_latency.py [--models cells/mm_dynamics,derm7pt/mm_dynamics,pbc/cnn] [--n 200]
-                                      [--threads 1] [--warmup 10] [--seed 0] [--cold-repeats 3]
+                                      [--threads 1] [--warmup 10] [--curves 30] [--seed 0]
+                                      [--cold-repeats 3]
                                       [--skip-cold] [--skip-oneoff] [--out results/bench/dashboard.md]
 
 Prints the tables and writes them, with the machine, date and command, to ``--out``.
@@ -43,7 +47,15 @@ import torch  # noqa: E402
 
 from core.errors import MMXError  # noqa: E402
 from core.explain.cohort import cohort_explain, masking_effects  # noqa: E402
-from core.explain.live import ABSENT, Masking, live_predict, off_modes, patch_grid, patch_size  # noqa: E402
+from core.explain.live import (  # noqa: E402
+    ABSENT,
+    Masking,
+    live_predict,
+    off_modes,
+    patch_ablation,
+    patch_grid,
+    patch_size,
+)
 from core.explain.sample import Cohort, Sample, heldout_cohort  # noqa: E402
 from core.models.base import Method  # noqa: E402
 from core.shipped import load  # noqa: E402
@@ -119,6 +131,28 @@ def time_live(m: Method, cohort: Cohort, n: int, warmup: int, seed: int) -> dict
     return {"total": total, "with_json": total + js, "predict": pred, "figures": fig, "json": js,
             "by_kind": {k: total[kinds == k] for k in ("off", "patches", "mix") if (kinds == k).any()},
             "samples": len(samples)}
+
+
+def time_curves(m: Method, cohort: Cohort, n: int, seed: int) -> dict[str, np.ndarray] | None:
+    """Ms per sample of the patch-ablation curve (unmasked result given) and of ``live_predict``
+    with nothing cached; None for a model without an image modality."""
+    images = [mod for mod in m.predicts_from() if m.specs[mod].kind == "image"]
+    if not images:
+        return None
+    rng = np.random.default_rng(seed)
+    curve, both = [], []
+    for pos in rng.choice(len(cohort.idx), min(n, len(cohort.idx)), replace=False):
+        s = cohort.sample(int(pos))
+        base = live_predict(m, s).unmasked
+        order = "most" if images[0] in base.patch_maps else "random"
+        masking = Masking(patches={images[0]: tuple(range(int(rng.integers(1, 21))))})
+        t0 = time.perf_counter()
+        patch_ablation(m, s, images[0], order, unmasked=base)
+        t1 = time.perf_counter()
+        live_predict(m, s, masking)
+        curve.append(t1 - t0)
+        both.append(time.perf_counter() - t1)
+    return {"curve": 1000 * np.array(curve), "both": 1000 * np.array(both)}
 
 
 def stats(v: np.ndarray) -> str:
@@ -217,6 +251,7 @@ def main() -> None:
     ap.add_argument("--models", default="cells/mm_dynamics,derm7pt/mm_dynamics,pbc/cnn", help="task/name,...")
     ap.add_argument("--n", type=int, default=200, help="timed toggles per model")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--curves", type=int, default=30, help="samples timed for the patch-ablation curve")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cold-repeats", type=int, default=3)
@@ -241,7 +276,7 @@ def main() -> None:
         f"{args.warmup} warm-up, ms")
     say(f"{'model':<22} {'p50':>8} {'p95':>8} {'mean':>8} | {'predict p50':>11} {'figures p50':>11} "
         f"{'+JSON p95':>9} {'samples':>7}")
-    models, verdicts, kinds = {}, [], []
+    models, verdicts, kinds, curves = {}, [], [], []
     for key in args.models.split(","):
         task, name = key.split("/")
         try:
@@ -258,6 +293,10 @@ def main() -> None:
         verdicts.append(f"{key}: p95 {p95:.1f} ms, goal <= {GOAL_LIVE_MS:.0f} ms "
                         f"{'met' if p95 <= GOAL_LIVE_MS else 'NOT met'}")
         kinds += [f"{key:<22} {k:<8} {len(v):5d} {stats(v)}" for k, v in r["by_kind"].items()]
+        c = time_curves(m, cohort, args.curves, args.seed)
+        if c is not None:
+            curves += [f"{key:<22} {'patch-ablation curve':<28} {len(c['curve']):5d} {stats(c['curve'])}",
+                       f"{key:<22} {'live_predict, none cached':<28} {len(c['both']):5d} {stats(c['both'])}"]
     say()
     for v in verdicts:
         say(v)
@@ -265,6 +304,12 @@ def main() -> None:
     say("by kind of toggle (live_predict + figures), ms")
     say(f"{'model':<22} {'toggle':<8} {'count':>5} {'p50':>8} {'p95':>8} {'mean':>8}")
     for line in kinds:
+        say(line)
+    say()
+    say("per sample: patch-ablation curve (17 masked variants, unmasked given) and live_predict with nothing "
+        "cached (unmasked + masked), ms")
+    say(f"{'model':<22} {'call':<28} {'count':>5} {'p50':>8} {'p95':>8} {'mean':>8}")
+    for line in curves:
         say(line)
     say(f"load average after part 1: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

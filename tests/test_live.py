@@ -12,11 +12,29 @@ import torch
 
 from core.errors import MMXError
 from core.explain.cohort import class_top_features, cohort_explain, masking_effects, modality_weights
-from core.explain.live import Masking, live_predict, model_input, parse_patches, patch_ablation, patch_grid, patch_order
-from core.explain.sample import heldout_cohort, read_upload
-from core.models.masking import MaskSpec, apply_mask
+from core.explain.informativeness import explain
+from core.explain.live import (
+    Masking,
+    explain_variants,
+    live_predict,
+    model_input,
+    off_modes,
+    parse_patches,
+    patch_ablation,
+    patch_grid,
+    patch_order,
+    stacked,
+    variant_row,
+)
+from core.explain.sample import Sample, heldout_cohort, read_upload
+from core.models.masking import MaskSpec, RowMaskMismatch, RowMasks, apply_mask
+from core.models.registry import get_method, list_methods, method_entry, training_stages, with_epochs
 from core.shipped import load
 from core.viz.report import sample_report
+
+# demo fits for the batched-variants check: one epoch per stage; modalities and settings where the defaults do not fit
+DEMO_FITS = {"mcat": (("rna", "protein"), {}), "cnn": (("image",), {}), "hypermm": (None, {"backbone": "small_cnn"}),
+             "unimodal": (None, {"modality": "image", "base": "mm_dynamics", "base_config": {"epochs": 1}})}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +65,70 @@ def test_patch_text_is_parsed_and_checked():
             parse_patches(bad, 16)
 
 
+def _variants(method) -> list[Masking]:
+    """Every way the live page switches a modality off, patch masks (kept or filled) and a mix."""
+    out = [Masking()] + [Masking(off={m: mode}) for m in method.predicts_from() for mode in off_modes(method, m)]
+    for m in method.predicts_from():
+        if method.specs[m].kind == "image":
+            out += [Masking(patches={m: (0, 3, 9)}), Masking(patches={m: (1, 2)}, keep=True, fill="blur"),
+                    Masking(off={o: "zeros" for o in method.predicts_from() if o != m}, patches={m: (5,)})]
+    return out
+
+
+def _assert_same_as_one_by_one(method, sample: Sample, maskings: list[Masking]) -> float:
+    """explain_variants equals one explain per masking (maps and weights too) for the maskings the
+    model can answer (MCAT refuses an absent omics); returns the largest probability difference."""
+    refs = {}
+    for i, masking in enumerate(maskings):
+        try:
+            refs[i] = explain(method, variant_row(method, sample.data, masking), mask=masking.mask_specs(method))
+        except MMXError:
+            continue
+    assert len(refs) > len(maskings) // 2
+    worst = 0.0
+    for ref, got in zip(refs.values(), explain_variants(method, sample, [maskings[i] for i in refs]), strict=True):
+        worst = max(worst, float(np.abs(got.proba - ref.proba).max()))
+        assert np.array_equal(got.ids, ref.ids)
+        for part in ("feature_scores", "patch_maps", "modality_weights", "modality_proba"):
+            a, b = getattr(got, part), getattr(ref, part)
+            assert a.keys() == b.keys()
+            for m in a:
+                np.testing.assert_allclose(a[m], b[m], atol=1e-5, err_msg=f"{part}[{m}]")
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(e.name for e in list_methods()))
+def test_variants_in_one_batch_match_one_pass_each(demo, one_thread, name):
+    mods, cfg = DEMO_FITS.get(name, (None, {}))
+    data = demo.dataset.select(list(mods)) if mods else demo.dataset
+    config_cls = method_entry(name).config_cls
+    if name.startswith("early_"):
+        cfg = {"search": False}
+    elif name != "unimodal" and training_stages(config_cls):
+        cfg = with_epochs(config_cls, cfg, 1)
+    method = get_method(name, data.specs, data.classes, **cfg)
+    method.fit(data, demo.splits[demo.default_split][0], seed=0, device="cpu")
+    sample = Sample(data.subset([3]), None, "demo")
+    assert _assert_same_as_one_by_one(method, sample, _variants(method)) <= 1e-6
+
+
+def test_row_masks_mask_each_row_its_own_way(demo, one_thread):
+    data = demo.dataset
+    method = get_method("mm_dynamics", data.specs, data.classes, **with_epochs(method_entry("mm_dynamics").config_cls,
+                                                                              {}, 1))
+    method.fit(data, demo.splits[demo.default_split][0], seed=0, device="cpu")
+    specs = (None, MaskSpec("topk", k=5), MaskSpec("patches", patches=(0, 7)), MaskSpec("blur"))
+    rows = stacked([data.subset([3])] * len(specs))
+    rna = RowMasks((None, None, MaskSpec("mean"), None))
+    batched = method.predict(rows, mask={"image": RowMasks(specs), "rna": rna})
+    for i, spec in enumerate(specs):
+        mask = {"image": spec} if spec else {}
+        one = method.predict(data.subset([3]), mask={**mask, **({"rna": "mean"} if i == 2 else {})})
+        assert np.abs(batched.proba[i] - one.proba[0]).max() <= 1e-6
+    with pytest.raises(RowMaskMismatch, match="per-row masks for 4 rows"):
+        method.predict(rows, mask={"image": RowMasks(specs[:2])})
+
+
 def test_switching_off_moves_the_prediction(cells_model, cells_cohort):
     s = cells_cohort.sample(0)
     same = live_predict(cells_model, s)
@@ -74,6 +156,14 @@ def test_patch_ablation_starts_at_the_prediction_and_ends_all_gray(cells_model, 
     assert curve["probability"].iloc[0] == pytest.approx(float(info.proba[0][target]))
     gray = cells_model.predict(s.data, mask={"image": "gray"}).proba[0][target]
     assert curve["probability"].iloc[-1] == pytest.approx(float(gray), abs=1e-5)
+    full = patch_ablation(cells_model, s, "image", "most", unmasked=info)  # the 16 masked steps in one pass
+    for k, p in zip(full["k"], full["probability"]):
+        one = cells_model.predict(s.data, mask=Masking(patches={"image": tuple(order[:k].tolist())}).mask_specs(
+            cells_model)).proba[0][target] if k else info.proba[0][target]
+        assert abs(p - one) <= 1e-6
+    assert _assert_same_as_one_by_one(cells_model, s, _variants(cells_model)) <= 1e-6
+    both = live_predict(cells_model, s, Masking(off={"rna": "absent"}, patches={"image": (4, 5)}))
+    assert np.abs(both.unmasked.proba - info.proba).max() <= 1e-6 and np.isnan(both.masked.modality_weights["rna"][0])
     shown = model_input(cells_model, s, "image", Masking(patches={"image": tuple(order[:5].tolist())}))
     assert shown.shape == (64, 64, 3) and (shown == 128).all(-1).sum() == 5 * 16
 

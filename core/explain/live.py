@@ -3,7 +3,8 @@ patches, and watch the prediction and the learned maps move.
 
 The dashboard's live controls are one :class:`Masking`; :func:`live_predict` answers it with the
 unmasked and the masked explain outputs, and :func:`patch_ablation` traces the predicted class's
-probability as more and more patches are masked in a chosen order.
+probability as more and more patches are masked in a chosen order. Both go through
+:func:`explain_variants`: every variant of the sample in one forward pass, not one pass each.
 """
 from __future__ import annotations
 
@@ -19,7 +20,15 @@ from core.errors import MMXError
 from core.explain.informativeness import Informativeness, explain
 from core.explain.sample import Sample
 from core.models.base import Method
-from core.models.masking import DEFAULT_PATCH, IMAGE_MODES, OMICS_MODES, PATCH_FILLS, MaskSpec
+from core.models.masking import (
+    DEFAULT_PATCH,
+    IMAGE_MODES,
+    OMICS_MODES,
+    PATCH_FILLS,
+    MaskSpec,
+    RowMaskMismatch,
+    RowMasks,
+)
 
 ABSENT = "absent"  # a switched-off modality treated as missing (the model's own handling), not masked
 PATCH_ORDERS = ("most", "least", "random")  # most / least informative first, or a seeded shuffle
@@ -111,17 +120,60 @@ class Live:
 
 def live_predict(method: Method, sample: Sample, masking: Masking | None = None,
                  unmasked: Informativeness | None = None) -> Live:
-    """Explain ``sample`` as given and under ``masking`` (pass ``unmasked`` when already known)."""
+    """Explain ``sample`` as given and under ``masking`` (pass ``unmasked`` when already known);
+    what is not known yet comes from one forward pass."""
     masking = masking or Masking()
-    base = unmasked if unmasked is not None else explain(method, sample.data)
-    if not masking.active:
-        return Live(base, base, masking)
-    specs = masking.mask_specs(method)
-    data = without(sample.data, [m for m, mode in masking.off.items() if mode == ABSENT])
+    todo = ([] if unmasked is not None else [Masking()]) + ([masking] if masking.active else [])
+    out = explain_variants(method, sample, todo)
+    base = unmasked if unmasked is not None else out.pop(0)
+    return Live(base, out[0] if masking.active else base, masking)
+
+
+def explain_variants(method: Method, sample: Sample, maskings: list[Masking]) -> list[Informativeness]:
+    """``sample`` explained under each of ``maskings`` by one forward pass over copies of its row,
+    each with its own modalities absent and masked by its own specs; the same outputs as one
+    :func:`~core.explain.informativeness.explain` per masking, at the cost of about one. A method
+    that predicts only some of the copies (unimodal, when a variant lacks its modality) gets one
+    pass per masking."""
+    if not maskings:
+        return []
+    try:
+        return _explain_batched(method, sample, maskings)
+    except RowMaskMismatch:
+        return [_explain_batched(method, sample, [masking])[0] for masking in maskings]
+
+
+def _explain_batched(method: Method, sample: Sample, maskings: list[Masking]) -> list[Informativeness]:
+    rows = [variant_row(method, sample.data, masking) for masking in maskings]
+    specs = [masking.mask_specs(method) for masking in maskings]
+    if len(rows) == 1:  # nothing to batch: no copies, no per-row masks
+        return [explain(method, rows[0], mask=specs[0])]
+    modalities = dict.fromkeys(m for s in specs for m in s)
+    info = explain(method, stacked(rows), mask={m: RowMasks(tuple(s.get(m) for s in specs)) for m in modalities})
+    one = lambda d, i: {m: v[i:i + 1] for m, v in d.items()}  # noqa: E731
+    return [dataclasses.replace(info, ids=sample.data.ids, proba=info.proba[i:i + 1],
+                                feature_scores=one(info.feature_scores, i), patch_maps=one(info.patch_maps, i),
+                                modality_weights=one(info.modality_weights, i),
+                                modality_proba=one(info.modality_proba, i)) for i in range(len(maskings))]
+
+
+def variant_row(method: Method, data: MultimodalDataset, masking: Masking) -> MultimodalDataset:
+    """The one-row ``data`` with the modalities ``masking`` leaves absent taken out."""
+    data = without(data, [m for m, mode in masking.off.items() if mode == ABSENT])
     need = [m for m in method.required_modalities() if not bool(data.present[m][0])]
     if need:
         raise MMXError(f"model {method.name!r} predicts from {need} alone: it cannot be left absent")
-    return Live(base, explain(method, data, mask=specs), masking)
+    return data
+
+
+def stacked(rows: list[MultimodalDataset]) -> MultimodalDataset:
+    """Variants of one sample's row as one dataset (ids numbered: a dataset's ids are unique)."""
+    first = rows[0]
+    cat = lambda part: {m: torch.cat([getattr(r, part)[m] for r in rows]) for m in first.specs}  # noqa: E731
+    n = len(rows)
+    ids = np.array([f"{first.ids[0]}#{i}" for i in range(n)])
+    return dataclasses.replace(first, modalities=cat("modalities"), present=cat("present"), y=first.y.repeat(n),
+                               groups=np.repeat(first.groups, n), ids=ids, targets={}, _hash=None)
 
 
 def without(data: MultimodalDataset, modalities: list[str]) -> MultimodalDataset:
@@ -154,15 +206,17 @@ def patch_ablation(method: Method, sample: Sample, modality: str, order: str = "
                    ks: list[int] | None = None, seed: int = 0, fill: str = "gray",
                    unmasked: Informativeness | None = None) -> pd.DataFrame:
     """The unmasked predicted class's probability with the first ``k`` patches of ``order``
-    masked, for each ``k`` in ``ks`` (default: 17 steps from none to all)."""
+    masked, for each ``k`` in ``ks`` (default: 17 steps from none to all); the masked steps in
+    one forward pass."""
     base = unmasked if unmasked is not None else explain(method, sample.data)
     target = int(base.proba[0].argmax())
     ranked = patch_order(method, base, modality, order, seed)
     ks = ks if ks is not None else sorted({int(round(k)) for k in np.linspace(0, len(ranked), 17)})
+    masked = iter(explain_variants(method, sample, [Masking(patches={modality: tuple(ranked[:k].tolist())}, fill=fill)
+                                                    for k in ks if k]))
     rows = []
     for k in ks:
-        masking = Masking(patches={modality: tuple(ranked[:k].tolist())}, fill=fill)
-        proba = base.proba[0] if k == 0 else method.predict(sample.data, mask=masking.mask_specs(method)).proba[0]
+        proba = base.proba[0] if k == 0 else next(masked).proba[0]
         rows.append({"k": k, "order": order, "probability": float(proba[target]),
                      "predicted": base.classes[int(proba.argmax())]})
     return pd.DataFrame(rows)

@@ -6,7 +6,8 @@ other patch instead) and ``topk`` (the k most informative patches by the model's
 filled). As text: ``gray``, ``topk:8``, ``patches:0,17,33``. Patches live on the model's own
 patch grid (its ``patch_size``; 4 px for models without one). Omics: ``zeros`` (after
 scaling) or ``mean`` (the training mean). Only the masked modalities change; presence is left
-as it is (masking is not missingness).
+as it is (masking is not missingness). A :class:`RowMasks` masks each data row its own way, so
+the masked variants of one sample run as one batch.
 """
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ class MaskSpec:
     blur_sigma: float = 3.0
 
 
+@dataclass(frozen=True)
+class RowMasks:
+    """One modality masked per row of the data predicted: ``specs[i]`` masks row ``i`` (None:
+    left as it is). Lets K masked copies of a sample share one forward pass."""
+
+    specs: tuple[MaskSpec | None, ...]
+
+
+Mask = MaskSpec | RowMasks
+
+
+class RowMaskMismatch(MMXError):
+    """Per-row masks that do not line up with the rows predicted: a method that predicts a subset
+    of its rows (unimodal: those holding its modality) cannot take them."""
+
+
 def _spec(value: str | MaskSpec, where: str) -> MaskSpec:
     """``MaskSpec`` from text: ``mode``, ``topk:K`` or ``patches:i,j,...``."""
     if isinstance(value, MaskSpec):
@@ -59,34 +76,54 @@ def _spec(value: str | MaskSpec, where: str) -> MaskSpec:
     return MaskSpec(mode)
 
 
-def parse_mask(mask: dict[str, str | MaskSpec] | None, specs: dict[str, ModalitySpec],
-               patch_size: int | None = None) -> dict[str, MaskSpec]:
+def parse_mask(mask: dict[str, str | Mask] | None, specs: dict[str, ModalitySpec],
+               patch_size: int | None = None) -> dict[str, Mask]:
     """Normalise ``{"image": "gray"}``-style input, check modes against modality kinds and put
     patch masks on the model's patch grid (``patch_size``; None: a model without one, 4 px)."""
-    out = {}
+    out: dict[str, Mask] = {}
     for m, v in (mask or {}).items():
         if m not in specs:
             raise MMXError(f"cannot mask {m!r}: the model has modalities {list(specs)}")
-        spec = _spec(v, m)
-        allowed = IMAGE_MODES if specs[m].kind == "image" else OMICS_MODES
-        if spec.mode not in allowed:
-            raise MMXError(f"mask mode {spec.mode!r} is not valid for {specs[m].kind} {m!r}; use one of {allowed}")
-        if spec.mode == "topk" and spec.k < 1:
-            raise MMXError(f"mask {m}=topk needs k >= 1 patches (e.g. topk:8)")
-        if spec.mode == "patches" and not spec.patches and not spec.keep:
-            raise MMXError(f"mask {m}=patches needs patch indices (e.g. patches:0,17)")
-        if spec.fill not in PATCH_FILLS:
-            raise MMXError(f"mask {m}: patch fill {spec.fill!r} is not one of {PATCH_FILLS}")
-        _check_numbers(spec, m)
-        if spec.mode == "topk" and patch_size is None:
-            raise MMXError(f"top-k patch masking of {m!r} needs a model with a patch informativeness map")
-        if spec.mode == "topk" and spec.patch_size not in (None, patch_size):
-            raise MMXError(f"mask {m}=topk: patch size {spec.patch_size} differs from the model's map "
-                           f"({patch_size} px)")
-        if spec.mode in ("patches", "topk") and spec.patch_size is None:
-            spec = dataclasses.replace(spec, patch_size=patch_size or DEFAULT_PATCH)
-        out[m] = spec
+        if isinstance(v, RowMasks):
+            out[m] = RowMasks(tuple(None if s is None else _checked(s, m, specs[m], patch_size) for s in v.specs))
+        else:
+            out[m] = _checked(_spec(v, m), m, specs[m], patch_size)
     return out
+
+
+def _checked(spec: MaskSpec, m: str, modality: ModalitySpec, patch_size: int | None) -> MaskSpec:
+    """``spec`` checked against the modality's kind, on the model's patch grid."""
+    allowed = IMAGE_MODES if modality.kind == "image" else OMICS_MODES
+    if spec.mode not in allowed:
+        raise MMXError(f"mask mode {spec.mode!r} is not valid for {modality.kind} {m!r}; use one of {allowed}")
+    if spec.mode == "topk" and spec.k < 1:
+        raise MMXError(f"mask {m}=topk needs k >= 1 patches (e.g. topk:8)")
+    if spec.mode == "patches" and not spec.patches and not spec.keep:
+        raise MMXError(f"mask {m}=patches needs patch indices (e.g. patches:0,17)")
+    if spec.fill not in PATCH_FILLS:
+        raise MMXError(f"mask {m}: patch fill {spec.fill!r} is not one of {PATCH_FILLS}")
+    _check_numbers(spec, m)
+    if spec.mode == "topk" and patch_size is None:
+        raise MMXError(f"top-k patch masking of {m!r} needs a model with a patch informativeness map")
+    if spec.mode == "topk" and spec.patch_size not in (None, patch_size):
+        raise MMXError(f"mask {m}=topk: patch size {spec.patch_size} differs from the model's map "
+                       f"({patch_size} px)")
+    if spec.mode in ("patches", "topk") and spec.patch_size is None:
+        spec = dataclasses.replace(spec, patch_size=patch_size or DEFAULT_PATCH)
+    return spec
+
+
+def check_rows(mask: dict[str, Mask], n: int) -> None:
+    """Per-row masks must name every row of the ``n`` predicted, so no row takes another's mask."""
+    for m, v in mask.items():
+        if isinstance(v, RowMasks) and len(v.specs) != n:
+            raise RowMaskMismatch(f"mask {m}: {len(v.specs)} per-row masks for {n} rows of data")
+
+
+def uses_topk(mask: dict[str, Mask]) -> bool:
+    """True when some row is masked by the unmasked map's top patches (so that map is needed first)."""
+    specs = [s for v in mask.values() for s in (v.specs if isinstance(v, RowMasks) else (v,))]
+    return any(s is not None and s.mode == "topk" for s in specs)
 
 
 def _check_numbers(spec: MaskSpec, m: str) -> None:
@@ -116,13 +153,18 @@ def top_patches(feature_map: torch.Tensor, k: int, patch_size: int) -> torch.Ten
     return pooled.topk(min(k, pooled.shape[1]), dim=1).indices
 
 
-def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_mean=None,
-               feature_maps: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Return a copy of prepared inputs ``x`` with the modalities in ``mask`` masked."""
+def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, Mask], training_mean=None,
+               feature_maps: dict[str, torch.Tensor] | None = None,
+               rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Return a copy of prepared inputs ``x`` with the modalities in ``mask`` masked; ``rows``:
+    the data rows ``x`` holds, which :class:`RowMasks` are indexed by."""
     out = dict(x)
     for m, spec in mask.items():
         if m not in x:
             raise MMXError(f"cannot mask {m!r}: the inputs hold {list(x)}")
+        if isinstance(spec, RowMasks):
+            out[m] = _apply_rows(m, x[m], spec, rows, training_mean, feature_maps)
+            continue
         _check_numbers(spec, m)
         v = x[m]
         if spec.mode in ("patches", "topk"):
@@ -158,4 +200,24 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, MaskSpec], training_m
             out[m] = gaussian_blur(v, [k, k], [spec.blur_sigma, spec.blur_sigma])
         else:
             raise MMXError(f"unknown mask mode {spec.mode!r}")
+    return out
+
+
+def _apply_rows(m: str, v: torch.Tensor, spec: RowMasks, rows: torch.Tensor | None, training_mean,
+                feature_maps: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """``v`` with each row masked by its own spec: the rows sharing a spec are masked together."""
+    if rows is None:
+        raise MMXError(f"per-row masks of {m!r} need the data rows of the batch")
+    rows = rows.tolist()
+    if any(not 0 <= r < len(spec.specs) for r in rows):
+        raise RowMaskMismatch(f"mask {m}: {len(spec.specs)} per-row masks do not cover data rows {rows}")
+    groups: dict[MaskSpec, list[int]] = {}
+    for i, r in enumerate(rows):
+        if spec.specs[r] is not None:
+            groups.setdefault(spec.specs[r], []).append(i)
+    out = v.clone()
+    for s, pos in groups.items():
+        at = torch.tensor(pos, device=v.device)
+        fm = None if feature_maps is None or m not in feature_maps else {m: feature_maps[m][at]}
+        out[at] = apply_mask({m: v[at]}, {m: s}, training_mean, fm)[m]
     return out
