@@ -7,10 +7,11 @@ Examples:
   python train.py --release [--task pbc]                # train the shipped models into checkpoints/
   python train.py --pretrain                            # self-supervised image encoder (checkpoints/encoders/)
   python train.py --all                                 # everything above, resumable (--quick: a smoke run)
-  python train.py --evaluate checkpoints/pbc/cnn --data-dir my_images/   # class sub-folders
+  python train.py --evaluate checkpoints/pbc/cnn --data-dir my_images/ --out my_results/   # class sub-folders
   python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells.h5mu --label lineage
-  python train.py --evaluate checkpoints/cells/mm_dynamics --data-dir cells  # its own test split
-  python train.py --predict checkpoints/pbc/cnn --data-dir unlabelled_images/
+  python train.py --evaluate checkpoints/cells/mm_dynamics --task cells  # its own test split
+  python train.py --predict checkpoints/pbc/cnn --data-dir unlabelled_images/ > probabilities.csv
+  python train.py --download all                        # the full data from its public sources (--help: details)
   python train.py --list
 """
 from __future__ import annotations
@@ -68,9 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask", action="append", default=[], metavar="MODALITY=MODE", help="mask at test time")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--data-dir", help="data root (else $MMX_DATA_DIR, ./data, ../shared/data); with --evaluate or "
-                   "--predict: the data to score, an image folder (root/<class>/<image>), a CSV, .h5ad or .h5mu "
-                   "file, or a task name (its test split)")
-    p.add_argument("--out", default="results", help="results folder (default: results)")
+                   "--predict: the data to score, a path: an image folder (root/<class>/<image>), a CSV, .h5ad or "
+                   ".h5mu file (a task's own test split: --task TASK instead)")
+    p.add_argument("--out", help="folder for what the command writes (experiments and runs: default results/ of the "
+                   "repository; --evaluate / --predict: nothing is written without it, the metrics are printed and "
+                   "--predict's CSV goes to standard output)")
     p.add_argument("--release", action="store_true", help="train the shipped models (all, or --task's) into "
                    "--checkpoint-dir; folders whose card matches the code and data are kept")
     p.add_argument("--pretrain", action="store_true", help="pretrain the image encoder (SimCLR) on the images no test "
@@ -93,6 +96,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="with --all: print the plan with the wall time each "
                    "committed table and model set recorded, and the total; run nothing")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--download", nargs="*", metavar="TASK", help="fetch the full data of the TASKs (cells, pbc, rosmap; "
+                   "none or 'all': every task) from their public sources at the commits pinned in each SOURCE.md into "
+                   "--data-dir (default: the data root, else data/ in the repository), in the layout the tasks read; every file is "
+                   "checked against the manifest core/data/download_manifest.json (size, sha256); resumable: run it "
+                   "again after a failure or an interruption, a file that fails its checksum is refused, named and "
+                   "fetched again; a folder appears only once complete. derm7pt cannot be downloaded (research use "
+                   "only): it prints where to obtain it; with --from FOLDER_OR_ZIP it checks and lays out your copy")
+    p.add_argument("--from", dest="from_", metavar="FOLDER_OR_ZIP", help="with --download derm7pt: your copy of "
+                   "Derm7pt release_v0 (a folder or zip holding release_v0/meta/meta.csv)")
     p.add_argument("--list", action="store_true", help="list tasks, methods and experiments")
     return p.parse_args(argv)
 
@@ -163,8 +175,22 @@ def run_all(args: argparse.Namespace, command: str) -> int:
     return 130 if "interrupted" in statuses else 1 if "failed" in statuses else 0
 
 
+def run_download(args: argparse.Namespace) -> int:
+    from core.data.download import derm7pt_from, download
+
+    if args.from_:
+        if args.download != ["derm7pt"]:
+            raise MMXError("--from lays out a copy of derm7pt: give it as --download derm7pt --from FOLDER_OR_ZIP")
+        print(derm7pt_from(args.from_, args.data_dir))
+        return 0
+    for line in download(args.download, args.data_dir, progress=True):
+        print(line)
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """``--evaluate`` / ``--predict``: a checkpoint on ``--data-dir`` (the data to score here)."""
+    """``--evaluate`` / ``--predict``: a checkpoint on the files ``--data-dir`` names, or on the test
+    split of ``--task`` (its data under ``--data-dir``); a file only where ``--out`` says."""
     from pathlib import Path
 
     from core.evaluate import evaluate, predict
@@ -175,25 +201,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.evaluate and args.predict:
         raise MMXError("give --evaluate or --predict, not both")
-    if not args.data_dir:
-        raise MMXError("give the data to score with --data-dir (a folder, a CSV / .h5ad / .h5mu file, or a task name)")
+    if args.task:
+        where = dict(task=args.task, data_dir=args.data_dir)
+    elif args.data_dir:
+        where = dict(source=args.data_dir)
+    else:
+        raise MMXError("give the data to score: --data-dir PATH (an image folder, a CSV, .h5ad or .h5mu file) or "
+                       "--task TASK (the test split of a task)")
     folder = Path(args.evaluate or args.predict)
     method = load_folder(folder, str(resolve_device(args.device)))
-    options = dict(label_column=args.label, modality=args.modality)
-    stem = Path(args.out) / f"{'evaluate' if args.evaluate else 'predict'}_{folder.parent.name}_{folder.name}"
+    options = dict(label_column=args.label, modality=args.modality, **where)
+    stem = (Path(args.out).resolve() / f"{'evaluate' if args.evaluate else 'predict'}_{folder.parent.name}_"
+            f"{folder.name}") if args.out else None
     if args.predict:
-        frame, notes = predict(method, args.data_dir, **options)
-        print("\n".join(notes))
-        atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.6f"))
+        frame, notes = predict(method, **options)
+        print("\n".join(notes), file=sys.stderr)
+        text = frame.to_csv(index=False, float_format="%.6f")
+        if stem is None:
+            sys.stdout.write(text)
+            return 0
+        atomic_write_text(stem.with_suffix(".csv"), text)
         print(frame.head(10).to_string(index=False))
         print(f"wrote {stem.with_suffix('.csv')} ({len(frame)} samples)")
         return 0
-    result = evaluate(method, args.data_dir, **options)
+    result = evaluate(method, **options)
     print("\n".join(result["notes"]))
     print(f"{result['model']} on {result['source']}: {result['n']} samples, classes present: "
           f"{', '.join(result['classes_present'])}")
     for key in SIX + ("auroc",):
         print(f"  {LABELS[key]:<22} {100 * result['metrics'][key]:6.2f}")
+    if stem is None:
+        print("(nothing written: --out FOLDER saves these metrics and the per-class recall as JSON)")
+        return 0
     write_json(stem.with_suffix(".json"), result)
     print(f"wrote {stem.with_suffix('.json')}")
     return 0
@@ -230,9 +269,15 @@ def _as_helper_rank(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if not (args.evaluate or args.predict):
+        args.out = args.out or "results"  # tables and runs; an evaluation writes only where --out says
     if args.list:
         list_all()
         return 0
+    if args.download is not None:
+        return run_download(args)
+    if args.from_:
+        raise MMXError("--from goes with --download derm7pt")
     if args.all:
         return run_all(args, "python train.py " + shlex.join(argv))
     if args.quick or args.dry_run:

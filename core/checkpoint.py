@@ -177,20 +177,6 @@ def verified_files(folder: str | Path, card: dict) -> dict[str, bytes]:
     return out
 
 
-def update_card(folder: str | Path, **fields) -> dict:
-    """Add or replace card ``fields`` that describe a checkpoint without changing its files (e.g.
-    its calibration); the files must verify first, and the card is rewritten atomically."""
-    folder = Path(folder)
-    card = read_card(folder)
-    verified_files(folder, card)
-    protected = {"format", "method", "config", "classes", "modalities", "files", "method_state"} & set(fields)
-    if protected:
-        raise MMXError(f"card fields {sorted(protected)} define the model and cannot be updated", folder / CARD)
-    card.update(fields)
-    atomic_write_text(folder / CARD, json.dumps(card, indent=1) + "\n")
-    return card
-
-
 def load_checkpoint(folder: str | Path, device: str = "cpu"):
     """Rebuild the method from its card and load its files (every sha256 checked first).
 

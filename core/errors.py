@@ -14,3 +14,8 @@ class MMXError(ValueError):
     def __init__(self, message: str, source: str | Path | None = None):
         self.source = str(source) if source is not None else None
         super().__init__(f"{self.source}: {message}" if self.source else message)
+
+
+class DataUnavailable(MMXError):
+    """A task's data is not on this machine (no data folder, no bundled examples): not a fault of the
+    input, so the dashboard shows it as guidance on getting the data, not as an error."""

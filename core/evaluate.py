@@ -1,7 +1,7 @@
 """Score a trained model on data: its own task's test split, or a user's files.
 
-``train.py --evaluate CHECKPOINT --data-dir SOURCE`` and ``--predict`` call :func:`evaluate` and
-:func:`predict`; the release computes every card's held-out metrics with :func:`score`, so
+``train.py --evaluate CHECKPOINT --data-dir PATH`` (a user's files) or ``--task TASK`` (the test split
+the model's card names) and ``--predict`` call :func:`evaluate` and :func:`predict`; the release computes every card's held-out metrics with :func:`score`, so
 evaluating a shipped model on its own test split gives back its card's numbers.
 """
 from __future__ import annotations
@@ -15,9 +15,12 @@ import torch
 
 from core import metrics
 from core.data.dataset import MultimodalDataset
+from core.data.download import how_to_get
+from core.data.examples import EXTRACTS, has_examples, read_examples
 from core.data.external import read_external
 from core.data.tasks import get_task, list_tasks
-from core.errors import MMXError
+from core.errors import DataUnavailable, MMXError
+from core.paths import data_root
 
 
 def predictable(method, data: MultimodalDataset, idx: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -55,23 +58,31 @@ class Scored:
     labelled: bool
     source: str
     notes: list[str] = field(default_factory=list)
+    stand_in: str | None = None  # why the bundled examples stand in for the task's test split, when they do
 
 
-def open_source(method, source: str | Path, *, labelled: bool = True, label_column: str | None = None,
-                modality: str | None = None, data_dir: str | Path | None = None) -> Scored:
-    """``source`` as data for ``method``: a task name (the test part of the split the model's card
-    names, else of the task's default split), or a path read by :func:`core.data.external.read_external`
-    (an image folder, a CSV, ``.h5ad`` or ``.h5mu``)."""
+def open_source(method, source: str | Path | None = None, *, task: str | None = None, labelled: bool = True,
+                label_column: str | None = None, modality: str | None = None,
+                data_dir: str | Path | None = None) -> Scored:
+    """Data for ``method``: ``source``, a path read by :func:`core.data.external.read_external` (an image
+    folder, a CSV, ``.h5ad`` or ``.h5mu``), or ``task``, a task's test part of the split the model's card
+    names (else of the task's default split; its data under ``data_dir``). A path and a task are two
+    spellings, never guessed from one another: a path that does not exist is an error even when a task
+    has that name."""
+    if (source is None) == (task is None):
+        raise MMXError("give the data to score as a path or as a task, one of the two")
+    if task is not None:
+        return _task_source(method, task, data_dir)
     path = Path(source)
-    if not path.exists() and str(source) in {t.name for t in list_tasks()}:
-        return _task_source(method, str(source), data_dir)
     if not path.exists():
-        raise MMXError("no such file or folder, and not a task name "
-                       f"(tasks: {sorted(t.name for t in list_tasks())})", path)
+        tasks = sorted(t.name for t in list_tasks())
+        hint = (f"; to score the test split of task {source!r}, give it as a task (train.py: --task {source})"
+                if str(source) in tasks else "")
+        raise MMXError("no such file or folder" + hint, path)
     fill = {m: method.prep.raw_training_mean(m).cpu().numpy() for m, s in method.specs.items() if s.kind == "omics"}
     ext = read_external(path, method.specs, method.classes, fill=fill, labelled=labelled,
                         label_column=label_column, modality=modality)
-    return Scored(ext.dataset, np.arange(len(ext.dataset)), ext.labelled, str(path), list(ext.notes))
+    return Scored(ext.dataset, np.arange(len(ext.dataset)), ext.labelled, str(path.resolve()), list(ext.notes))
 
 
 def card_split(method, task: str, data_dir=None):
@@ -91,22 +102,42 @@ def card_split(method, task: str, data_dir=None):
 
 
 def _task_source(method, task: str, data_dir) -> Scored:
+    """The test part of the card's split of ``task``; with no data folder for it, the bundled examples
+    (real test samples, said in ``source`` and the notes); with neither, :class:`DataUnavailable`."""
+    info = next((t for t in list_tasks() if t.name == task), None)
+    if info is not None and not info.available(data_root(data_dir)):
+        if has_examples(task):
+            return _examples_source(method, task)
+        raise DataUnavailable(f"no data for task {task!r} on this machine. {how_to_get(task)}")
     data, split = card_split(method, task, data_dir)
     note = f"task {task!r}, test part of split {split.name!r} ({len(split.test)} samples)"
     if data.synthetic:
         note += "; SYNTHETIC data"
-    return Scored(data, np.asarray(split.test), True, task, [note])
+    return Scored(data, np.asarray(split.test), True, f"test split of {task}", [note])
 
 
-def evaluate(method, source: str | Path, **options) -> dict:
-    """Metrics of ``method`` on ``source`` (see :func:`open_source`), with the reading report."""
+def _examples_source(method, task: str) -> Scored:
+    card = getattr(method, "card", None) or {}
+    options = card.get("task_options", {}) if card.get("task") == task else {}
+    data = method.check_data(read_examples(task, **options))
+    unit = EXTRACTS[task].unit
+    of = f" of the {card['sizes']['test']}" if card.get("task") == task and "sizes" in card else ""
+    source = f"examples: {len(data)}{of} test {unit}"
+    note = (f"No {task} data folder on this machine, so the examples bundled in examples/{task} stand in: "
+            f"{source.removeprefix('examples: ')}, real samples. The model card's metrics are the full test split's; "
+            f"figures over the cohort are over these examples. {how_to_get(task)}")
+    return Scored(data, np.arange(len(data)), True, source, [note], stand_in=note)
+
+
+def evaluate(method, source: str | Path | None = None, **options) -> dict:
+    """Metrics of ``method`` on ``source`` or ``task=`` (see :func:`open_source`), with the reading report."""
     s = open_source(method, source, labelled=True, **options)
     result = score(method, s.data, s.idx)
     notes = s.notes + _left_out_note(method, result["left_out"])
     return {"model": _model_name(method), "source": s.source, "notes": notes, **result}
 
 
-def predict(method, source: str | Path, **options) -> tuple[pd.DataFrame, list[str]]:
+def predict(method, source: str | Path | None = None, **options) -> tuple[pd.DataFrame, list[str]]:
     """Class probabilities of every sample of ``source`` (labels not needed): one row per sample
     with its id, the predicted class and one column per class; plus the reading report."""
     s = open_source(method, source, labelled=False, **options)

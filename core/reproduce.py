@@ -271,6 +271,21 @@ def _fresh(record: dict | None, code: str, given: dict) -> bool:
         Path(f).is_file() for f in record["files"])
 
 
+def describes_release(step: Step, out: Path, checkpoints: Path) -> bool:
+    """Whether the table of a step that reads the released models recorded the weights shipped now
+    (:func:`core.shipped.stale_weights`); a table from before a retraining is rerun, manifest or not."""
+    from core.shipped import stale_weights
+
+    if not step.reads_release:
+        return True
+    table = out / step.task / f"{step.name.split('/', 1)[1]}.json"
+    try:
+        recorded = json.loads(table.read_text()).get("weights")
+    except (OSError, ValueError):
+        return False
+    return bool(recorded) and not stale_weights(recorded, checkpoints)
+
+
 def load_manifest(out: Path) -> dict:
     path = out / MANIFEST
     if not path.is_file():
@@ -329,7 +344,7 @@ def _one(step: Step, manifest: dict, out: Path, checkpoints: Path, device: str, 
     except MMXError as e:
         return Outcome(step, "skipped", note=str(e))
     record = manifest["steps"].get(step.name)
-    if _fresh(record, code, given):
+    if _fresh(record, code, given) and describes_release(step, out, checkpoints):
         return Outcome(step, "up to date", record["seconds"], files=record["files"])
     start = time.perf_counter()
     try:

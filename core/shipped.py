@@ -8,6 +8,7 @@ One loader for everyone (the CLI, the dashboard, a notebook)::
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,30 @@ def available(root: str | Path | None = None) -> list[ShippedModel]:
             out.append(ShippedModel(folder.parent.name, folder.name, folder, read_card(folder)))
         except MMXError as e:
             out.append(ShippedModel(folder.parent.name, folder.name, folder, None, str(e)))
+    return out
+
+
+def weights_of(model) -> dict[str, dict[str, str]]:
+    """``{"<task>/<name>": {file: sha256}}`` of a loaded shipped model (its card's ``files``): what a
+    table that reads shipped models records, so a retrained model shows which tables describe the old one."""
+    card = getattr(model, "card", None) or {}
+    return {f"{card['task']}/{card['name']}": dict(card["files"])} if card.get("files") else {}
+
+
+def stale_weights(recorded: dict[str, dict[str, str]], root: str | Path | None = None) -> list[str]:
+    """The models of ``recorded`` (see :func:`weights_of`) whose shipped weights are not the ones
+    recorded, each with why: retrained, or no longer shipped."""
+    root = Path(root) if root is not None else checkpoints_dir()
+    out = []
+    for key, files in recorded.items():
+        try:
+            shipped = json.loads((root / key / CARD).read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            shipped = None
+        if shipped is None:
+            out.append(f"{key}: no longer shipped (or its card cannot be read)")
+        elif shipped != files:
+            out.append(f"{key}: its weights changed since the table was written")
     return out
 
 

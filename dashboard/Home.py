@@ -7,14 +7,14 @@ import streamlit as st
 
 st.set_page_config(page_title="mmx: explainable multimodal classification", layout="wide")
 pages = [
-    st.Page("pages/overview.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
-    st.Page("pages/informativeness.py", title="Informativeness", icon=":material/grid_on:"),
-    st.Page("pages/modality_weights.py", title="Modality weights", icon=":material/balance:"),
-    st.Page("pages/explainers.py", title="Explainers", icon=":material/compare:"),
-    st.Page("pages/guidance.py", title="Guidance", icon=":material/alt_route:"),
-    st.Page("pages/missing.py", title="Missing modalities", icon=":material/extension_off:"),
-    st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/leaderboard:"),
+    st.Page("views/overview.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/predict.py", title="Predict", icon=":material/online_prediction:"),
+    st.Page("views/informativeness.py", title="Informativeness", icon=":material/grid_on:"),
+    st.Page("views/modality_weights.py", title="Modality weights", icon=":material/balance:"),
+    st.Page("views/explainers.py", title="Explainers", icon=":material/compare:"),
+    st.Page("views/guidance.py", title="Guidance", icon=":material/alt_route:"),
+    st.Page("views/missing.py", title="Missing modalities", icon=":material/extension_off:"),
+    st.Page("views/benchmarks.py", title="Benchmarks", icon=":material/leaderboard:"),
 ]
 page = st.navigation(pages)
 page.run()

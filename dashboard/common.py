@@ -50,13 +50,25 @@ def available_tasks() -> list[str]:
 
 
 def data_banner() -> None:
-    """Say where the data comes from; warn loudly when only synthetic data is available."""
+    """Say where the data comes from, and what stands in for the tasks this machine has no data for."""
+    from core.data.download import how_to_get
+    from core.data.examples import has_examples
+
     root = data_root()
-    if root is None:
-        st.warning("No data folder found (set MMX_DATA_DIR or put data in ./data). Only the **synthetic** "
-                   "`demo` task is available: its numbers say nothing about real cells.")
-    else:
-        st.caption(f"Data root: `{root}`")
+    missing = [t.name for t in list_tasks() if t.requires and not t.available(root)]
+    st.caption(f"Data root: `{root}`" if root else "No data folder (`--data-dir`, `$MMX_DATA_DIR`, `./data` or "
+               "`../shared/data`).")
+    if not missing:
+        return
+    bundled = [t for t in missing if has_examples(t)]
+    lines = []
+    if bundled:
+        lines.append(f"No data here for {', '.join(bundled)}: their models explain the **real test samples bundled "
+                     "in `examples/`** instead, and every page says so. `python train.py --download "
+                     f"{' '.join(bundled)}` fetches the full data from the public sources.")
+    lines += [f"No data here for **{t}**: {how_to_get(t)} Its models still explain uploaded files." for t in missing
+              if t not in bundled]
+    st.info("\n\n".join(lines), icon=":material/info:")
 
 
 def figure(fig, name: str, key: str | None = None, **chart) -> dict | None:

@@ -1,6 +1,8 @@
 """The sample picker every page shares (in the sidebar): a shipped model, then a sample from its
 test split or from the user's own files. The choice lives in ``st.session_state`` and follows
-the user across pages; reading and predicting happen in ``core``."""
+the user across pages; reading and predicting happen in ``core``. The model and a test-split sample
+are also written into the address (``?model=…&sample=…``), so a reload or a shared link opens the same
+model and sample (an uploaded sample cannot travel in a link: the model does)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ import streamlit as st
 from common import load_cohort, load_model, shipped_models, show_error
 
 from core.data.readers import IMAGE_SUFFIXES
+from core.errors import DataUnavailable
 from core.explain.sample import Cohort, Sample, read_upload
 from core.shipped import ShippedModel
 
@@ -50,11 +53,31 @@ def _read(model_key: str, images: tuple[tuple[str, str, bytes], ...], table: tup
     return read_upload(load_model(task, name), {m: (n, b) for m, n, b in images}, table)
 
 
+def _from_link(models: dict) -> None:
+    """A new session (a reload, a shared link) starts from the model and sample in its address."""
+    if "_linked" in st.session_state:
+        return
+    st.session_state["_linked"] = True
+    model = st.query_params.get("model")
+    if model in models:
+        st.session_state["model"] = model
+        if st.query_params.get("sample"):
+            st.session_state["_linked_sample"] = (model, st.query_params["sample"])
+
+
+def _to_link(model: str, sample_id: str | None) -> None:
+    """Write the choice into the address (only what changed: each write is a browser history entry)."""
+    want = {"model": model, **({"sample": sample_id} if sample_id is not None else {})}
+    if st.query_params.to_dict() != want:
+        st.query_params.from_dict(want)
+
+
 def sidebar(samples: bool = True) -> Current | None:
     """Draw the picker; the chosen model and sample, or None (and a message) when there is none.
     ``samples=False`` (the Home page) shows the model choice only and loads nothing."""
     models = {f"{m.task}/{m.name}": m for m in shipped_models() if m.error is None}
     _keep("model", "source", "class_filter", *[k for k in st.session_state if str(k).startswith("sample:")])
+    _from_link(models)
     with st.sidebar:
         st.header("Model and sample")
         if not models:
@@ -67,7 +90,10 @@ def sidebar(samples: bool = True) -> Current | None:
             st.session_state["model"] = keys[first]
         key = st.selectbox("Model", keys, format_func=lambda k: _label(models[k]), key="model")
         shipped = models[key]
-        if not samples:
+        if not samples:  # keep the sample in the address: the next sample page opens it
+            pending = st.session_state.get("_linked_sample")
+            _to_link(key, st.session_state.get(f"sample_id:{key}") or (pending[1] if pending and pending[0] == key
+                                                                       else None))
             st.caption("Open a page to pick a sample for this model.")
             return None
         try:
@@ -81,7 +107,15 @@ def sidebar(samples: bool = True) -> Current | None:
             st.caption("Research use only (Derm7pt terms).")
         source = st.radio("Sample from", (TEST, UPLOAD), horizontal=True, key="source")
         try:
-            return _from_test(shipped, method, key) if source == TEST else _from_upload(shipped, method, key)
+            cur = _from_test(shipped, method, key) if source == TEST else _from_upload(shipped, method, key)
+            _to_link(key, cur.sample.id if cur is not None and source == TEST else None)
+            return cur
+        except DataUnavailable as e:  # no data folder and no bundled examples (derm7pt): say how to get them
+            _to_link(key, None)
+            st.info(f"No {shipped.task} data on this machine: choose **Upload** above to explain your own "
+                    "files, or get the data (the page says how).", icon=":material/info:")
+            st.session_state["_no_data"] = str(e).split(". ", 1)[-1]
+            return None
         except Exception as e:  # a bad file or folder: say why, keep the app running
             show_error(e)
             return None
@@ -90,17 +124,23 @@ def sidebar(samples: bool = True) -> Current | None:
 def _from_test(shipped: ShippedModel, method, key: str) -> Current:
     cohort = load_cohort(shipped.task, shipped.name)
     frame = cohort.table()
+    pick_key = f"sample:{key}"
+    linked = st.session_state.pop("_linked_sample", None)
+    hit = frame[frame["id"].astype(str) == linked[1]] if linked and linked[0] == key else frame.iloc[:0]
+    if len(hit):  # the sample named in the address, whatever class the filter had
+        st.session_state[pick_key] = int(hit["position"].iloc[0])
+        st.session_state["class_filter"] = "all"
     classes = ["all"] + sorted(set(frame["label"]), key=list(method.classes).index)
     if st.session_state.get("class_filter") not in classes:
         st.session_state["class_filter"] = "all"
     cls = st.selectbox("Class", classes, key="class_filter")
     shown = frame if cls == "all" else frame[frame["label"] == cls]
-    pick_key = f"sample:{key}"
     if st.session_state.get(pick_key) not in set(shown["position"]):
         st.session_state[pick_key] = int(shown["position"].iloc[0])
     labels = dict(zip(frame["position"], frame["label"] + " — " + frame["id"].astype(str)))
     pos = st.selectbox(f"Sample ({len(shown)} of {len(frame)})", shown["position"].tolist(),
                        format_func=labels.get, key=pick_key)
+    st.session_state[f"sample_id:{key}"] = str(frame.loc[frame["position"] == pos, "id"].iloc[0])
     return Current(shipped, method, cohort.sample(int(pos)), f"{key}|test|{pos}")
 
 
@@ -163,7 +203,8 @@ def browse(cur: Current, per_page: int = 24) -> None:
     pick_key = f"sample:{cur.model_key}"
     images = [m for m in cur.method.predicts_from() if cur.method.specs[m].kind == "image"]
     omics = [m for m in cur.method.predicts_from() if cur.method.specs[m].kind == "omics"]
-    with st.expander(f"Browse the test split ({len(shown)} samples{'' if cls == 'all' else ' of class ' + cls})"):
+    what = "the bundled examples" if cohort.source.startswith("examples") else "the test split"
+    with st.expander(f"Browse {what} ({len(shown)} samples{'' if cls == 'all' else ' of class ' + cls})"):
         if omics or not images:
             st.dataframe(shown, hide_index=True, width="stretch", height=240)
             st.caption("Pick a sample by id in the sidebar.")
@@ -181,6 +222,12 @@ def browse(cur: Current, per_page: int = 24) -> None:
                           type="primary" if s.id == cur.sample.id else "secondary")
 
 
+def cohort_name(cur: Current) -> str:
+    """What the page's cohort figures are over: the model's test split, or the examples standing in for it."""
+    source = load_cohort(cur.shipped.task, cur.shipped.name).source
+    return f"the bundled {source}" if source.startswith("examples") else "the test split"
+
+
 def _use(key: str, position: int) -> None:
     st.session_state[key] = position
 
@@ -189,9 +236,13 @@ def page(title: str) -> Current:
     """Start a sample page: its title, the picker, and what is being explained (stops the page
     with a hint when no sample is chosen yet)."""
     st.title(title)
+    st.session_state.pop("_no_data", None)
     cur = sidebar()
     if cur is None:
-        st.info("Choose a model and a sample in the sidebar.")
+        how = st.session_state.get("_no_data")
+        st.info(f"This model's data is not on this machine, so its test split cannot be shown. {how}\n\n"
+                "Meanwhile **Upload** (in the sidebar) explains your own files with it." if how else
+                "Choose a model and a sample in the sidebar.", icon=":material/info:")
         st.stop()
     sample_header(cur)
     return cur

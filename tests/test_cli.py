@@ -178,3 +178,53 @@ def test_cli_target_predicts_a_criterion(tmp_path, data_dir, derm7pt):
     assert row["row"]["target"] == "BWV" and row["classes"] == classes
     assert classes != list(derm7pt.dataset.classes) and len(classes) == 2
     assert row["runs"] and all(r["n_test"] > 0 for r in row["runs"])
+
+
+# ------------------------------------------------------------------ a run leaves the repository alone
+def _repository_state() -> tuple[str, dict[str, bytes]]:
+    """``git status`` of the repository and the bytes of every tracked card and result, so a file that was
+    already modified and is changed again also shows."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "checkpoints", "results"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    return status, {f: (ROOT / f).read_bytes() for f in tracked if (ROOT / f).is_file()}
+
+
+@pytest.fixture
+def pbc_images(data_dir, tmp_path):
+    """Six real PBC images in class folders (a user's own folder), outside the repository."""
+    import shutil
+
+    folder = tmp_path / "user" / "my_images"
+    for cls in ("neutrophil", "erythroblast"):
+        (folder / cls).mkdir(parents=True)
+        for f in sorted((data_dir / "blood_cells" / "pbc_acevedo2020" / cls).glob("*.jpg"))[:3]:
+            shutil.copy(f, folder / cls / f.name)
+    return folder
+
+
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+def test_an_evaluation_or_an_experiment_leaves_the_repository_untouched(where, pbc_images, tmp_path, monkeypatch,
+                                                                        capsys, one_thread):
+    cwd = ROOT if where == "repository" else pbc_images.parent
+    monkeypatch.chdir(cwd)
+    images = str(pbc_images if where == "repository" else "my_images/")
+    model = str(ROOT / "checkpoints" / "pbc" / "cnn") if where == "elsewhere" else "checkpoints/pbc/cnn"
+    before, files_before = _repository_state(), sorted(p.name for p in cwd.iterdir())
+    assert train.main(["--evaluate", model, "--data-dir", images]) == 0
+    out = capsys.readouterr().out
+    assert f"on {pbc_images}: 6 samples" in out and "nothing written" in out
+    assert train.main(["--predict", model, "--data-dir", images]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("id,predicted,p_")  # the CSV on stdout
+    assert sorted(p.name for p in cwd.iterdir()) == files_before  # no file where it was run either
+    assert train.main(["--evaluate", model, "--data-dir", images, "--out", "mine"]) == 0
+    written = (Path.cwd() / "mine" / "evaluate_pbc_cnn.json").resolve()
+    assert f"wrote {written}" in capsys.readouterr().out and written.is_file()  # the full path
+    if where == "repository":
+        import shutil
+
+        shutil.rmtree(ROOT / "mine")  # the user asked for it there; only that was written
+    assert train.main(["--experiment", "pbc/calibration", "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "pbc" / "calibration.md").is_file()
+    assert _repository_state() == before

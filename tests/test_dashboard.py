@@ -37,17 +37,20 @@ def test_home_without_models_says_how_to_train_them(data_dir, tmp_path, monkeypa
     assert not at.exception and any("train.py --release" in i.value for i in at.info)
 
 
-def test_home_without_data_says_synthetic(tmp_path, monkeypatch):
+def test_home_without_data_says_what_stands_in_and_how_to_get_it(tmp_path, monkeypatch):
+    (tmp_path / "nothing").mkdir()  # a data root with no task's folder
     monkeypatch.setenv("MMX_DATA_DIR", str(tmp_path / "nothing"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("core.paths.REPO_ROOT", tmp_path)
     at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
-    assert not at.exception
-    assert any("synthetic" in w.value for w in at.warning)
+    assert not at.exception and not at.error
+    banner = " ".join(i.value for i in at.info)
+    assert "No data here for cells, pbc, rosmap" in banner and "bundled in `examples/`" in banner
+    assert "--download cells pbc rosmap" in banner and "http://derm.cs.sfu.ca" in banner
+    assert any("synthetic" in c.value for c in at.caption)
 
 
 # ------------------------------------------------------------------ pages on the real data
-PAGES = ("pages/predict.py", "pages/informativeness.py", "pages/modality_weights.py", "pages/explainers.py")
+PAGES = ("views/predict.py", "views/informativeness.py", "views/modality_weights.py", "views/explainers.py")
 
 
 def _app(model: str | None = None) -> AppTest:
@@ -85,23 +88,23 @@ def test_every_page_renders_for_a_shipped_model(data_dir, model):
     for page in PAGES:
         _page(at, page)
         assert not at.error, [e.value for e in at.error]
-    _page(at, "pages/predict.py")
+    _page(at, "views/predict.py")
     assert _charts(at) and "Predicted class" in _metrics(at)
     sets = [c.value for c in at.caption if "90% prediction set: {" in c.value]
     predicted = _metrics(at)["Predicted class"]
     assert sets and (predicted in sets[0] or "empty" in sets[0]), "every prediction carries its prediction set"
-    _page(at, "pages/informativeness.py")
+    _page(at, "views/informativeness.py")
     if model.endswith("mm_dynamics"):
         assert len(_charts(at)) >= 2  # a patch map or top features, and more
     else:
         assert any("learns no feature informativeness" in i.value for i in at.info)
-    _page(at, "pages/modality_weights.py")
+    _page(at, "views/modality_weights.py")
     effects = _table_with(at, "accuracy drop (pp)")
     assert effects["switched off"].iloc[0] == "none" and effects["accuracy drop (pp)"].iloc[0] == 0
 
 
 def test_explainers_page_shows_every_map_and_its_curves(data_dir):
-    at = _page(_app("derm7pt/mm_dynamics"), "pages/explainers.py")
+    at = _page(_app("derm7pt/mm_dynamics"), "views/explainers.py")
     assert not at.error, [e.value for e in at.error]
     names = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     for title in ("Learned FI", "Integrated Gradients", "Occlusion", "GradientSHAP"):
@@ -118,19 +121,19 @@ def test_explainers_page_shows_every_map_and_its_curves(data_dir):
 
 
 def test_explainers_rank_genes_on_an_omics_model(data_dir):
-    at = _page(_app("cells/guidance_rna_by_protein"), "pages/explainers.py")
+    at = _page(_app("cells/guidance_rna_by_protein"), "views/explainers.py")
     assert not at.error, [e.value for e in at.error]
     top = _table_with(at, "Integrated Gradients")
     assert len(top) == 10 and "Learned FI" not in top.columns  # guidance learns no map; captum explains its RNA
 
 
 def test_cells_image_is_said_to_be_class_matched(data_dir):
-    at = _page(_app("cells/mm_dynamics"), "pages/predict.py")
+    at = _page(_app("cells/mm_dynamics"), "views/predict.py")
     assert any("not a picture of this cell" in i.value for i in at.info)
 
 
 def test_toggling_a_modality_moves_the_probabilities(data_dir):
-    at = _page(_app("cells/mm_dynamics"), "pages/predict.py")
+    at = _page(_app("cells/mm_dynamics"), "views/predict.py")
     before = _charts(at)[0]["data"]
     assert len(before) == 1 and _metrics(at)["Masked"] == "nothing masked"
     at.toggle(key="on:rna").set_value(False).run()
@@ -147,7 +150,7 @@ def test_toggling_a_modality_moves_the_probabilities(data_dir):
 
 
 def test_patch_slider_and_clicked_patches_change_the_image_prediction(data_dir):
-    at = _page(_app("derm7pt/mm_dynamics"), "pages/informativeness.py")
+    at = _page(_app("derm7pt/mm_dynamics"), "views/informativeness.py")
     start = _metrics(at)
     label = next(k for k in start if k.endswith("patches masked"))
     assert label.startswith("0 ")
@@ -168,11 +171,11 @@ def _upload(at: AppTest, key: str, name: str, data: bytes, mime: str) -> AppTest
 
 
 def test_uploaded_pbc_image_is_predicted(data_dir):
-    at = _page(_app("pbc/cnn"), "pages/predict.py")
+    at = _page(_app("pbc/cnn"), "views/predict.py")
     at.radio(key="source").set_value("Upload").run()
     image = sorted((data_dir / "blood_cells/pbc_acevedo2020").rglob("*.jpg"))[0]
     _upload(at, "upload:pbc/cnn:image", image.name, image.read_bytes(), "image/jpeg")
-    _page(at, "pages/predict.py")
+    _page(at, "views/predict.py")
     assert not at.error and _metrics(at)["Predicted class"] in json.loads(
         (ROOT / "checkpoints/pbc/cnn/card.json").read_text())["classes"]
 
@@ -200,24 +203,24 @@ def cite_upload(data_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["cells.csv", "cells.h5ad"])
 def test_uploaded_expression_is_predicted_and_the_cell_picked(data_dir, cite_upload, name):
-    at = _page(_app("cells/mm_dynamics"), "pages/predict.py")
+    at = _page(_app("cells/mm_dynamics"), "views/predict.py")
     at.radio(key="source").set_value("Upload").run()
     _upload(at, "upload:cells/mm_dynamics:table", name, (cite_upload / name).read_bytes(), "application/octet-stream")
     assert not at.error, [e.value for e in at.error]
     at.selectbox(key="cell:cells/mm_dynamics").set_value(2).run()
-    _page(at, "pages/predict.py")
+    _page(at, "views/predict.py")
     assert "Predicted class" in _metrics(at)
     warned = " ".join(w.value for w in at.warning)
     assert "image** is absent" in warned and ("protein** is absent" in warned) == name.endswith(".h5ad")
 
 
 def test_corrupt_upload_shows_the_error_and_the_app_goes_on(data_dir):
-    at = _page(_app("pbc/cnn"), "pages/predict.py")
+    at = _page(_app("pbc/cnn"), "views/predict.py")
     at.radio(key="source").set_value("Upload").run()
     _upload(at, "upload:pbc/cnn:image", "broken.png", b"not an image at all", "image/png")
     assert not at.exception and any("broken.png" in e.value for e in at.error)
     at.radio(key="source").set_value("Test split").run()
-    _page(at, "pages/predict.py")
+    _page(at, "views/predict.py")
     assert not at.error and "Predicted class" in _metrics(at)
 
 

@@ -128,7 +128,7 @@ def test_command_and_wall_time_come_from_json_else_text_else_not_recorded(tmp_pa
 # ------------------------------------------------------------------ the page
 def _page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120)
-    at.switch_page("pages/benchmarks.py").run()
+    at.switch_page("views/benchmarks.py").run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     return at

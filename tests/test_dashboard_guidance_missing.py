@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDANCE, MISSING = "pages/guidance.py", "pages/missing.py"
+GUIDANCE, MISSING = "views/guidance.py", "views/missing.py"
 
 
 def _app(model: str) -> AppTest:

@@ -13,6 +13,7 @@ from core.errors import MMXError
 from core.models.registry import get_method
 from core.paths import REPO_ROOT
 from core.reproduce import MANIFEST, capped_epochs, plan, recorded_plan
+from core.shipped import available, stale_weights
 
 
 def _run(out, capsys) -> tuple[int, dict[str, str]]:
@@ -70,6 +71,50 @@ def test_a_changed_code_hash_reruns_that_step_only(quick, capsys):
     assert [s for s, v in status.items() if v == "run"] == ["cells/masked_image"]
     assert json.loads(path.read_text())["steps"]["cells/masked_image"]["code"] == reproduce.code_hash(
         "core.experiments.mmdynamics")
+
+
+def test_a_table_of_models_retrained_since_is_rerun(quick, capsys):
+    out, _ = quick
+    table = out / "demo" / "calibration.json"
+    payload = json.loads(table.read_text())
+    key = next(iter(payload["weights"]))
+    payload["weights"][key] = {"model.safetensors": "0" * 64}  # as if written before the model was retrained
+    table.write_text(json.dumps(payload))
+    code, status = _run(out, capsys)
+    assert code == 0 and [s for s, v in status.items() if v == "run"] == ["cells/calibration"]
+    assert not stale_weights(json.loads(table.read_text())["weights"], out / "checkpoints")
+
+
+def test_every_committed_table_of_a_shipped_model_describes_the_shipped_weights():
+    """A table that read a shipped model records its weights' sha256; retraining the model without
+    rerunning the table fails here (rerun it: ``python train.py --all`` picks exactly those)."""
+    readers = [s for s in plan() if s.reads_release]
+    assert {s.name for s in readers} >= {f"{t}/calibration" for t in reproduce.RELEASED}
+    for step in readers:
+        path = REPO_ROOT / "results" / f"{step.name}.json"
+        recorded = json.loads(path.read_text()).get("weights")
+        assert recorded, f"{path} records no weights"
+        stale = stale_weights(recorded)
+        assert not stale, f"{path} is stale ({'; '.join(stale)}): rerun `python train.py --experiment {step.name}`"
+        assert reproduce.describes_release(step, REPO_ROOT / "results", REPO_ROOT / "checkpoints")
+        if step.name.endswith("/calibration"):  # the numbers too: the cards' calibration is the table's
+            records = json.loads(path.read_text())["records"]
+            for m in available():
+                if m.task == step.task:
+                    card, mine = m.card["calibration"], records[m.name]
+                    assert mine["temperature"] == pytest.approx(card["temperature"], abs=2e-3), (path, m.name)
+                    assert mine["conformal"]["mean_set_size"] == pytest.approx(card["conformal"]["mean_set_size"],
+                                                                               abs=1e-9), (path, m.name)
+
+
+def test_stale_weights_names_retrained_and_removed_models(tmp_path):
+    folder = tmp_path / "pbc" / "cnn"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text(json.dumps({"files": {"model.safetensors": "a" * 64}}))
+    assert stale_weights({"pbc/cnn": {"model.safetensors": "a" * 64}}, tmp_path) == []
+    assert stale_weights({"pbc/cnn": {"model.safetensors": "b" * 64}}, tmp_path) == [
+        "pbc/cnn: its weights changed since the table was written"]
+    assert "no longer shipped" in stale_weights({"pbc/gone": {"model.safetensors": "a" * 64}}, tmp_path)[0]
 
 
 def _patched_plan(monkeypatch, broken: str, error: BaseException) -> None:

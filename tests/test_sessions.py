@@ -36,7 +36,7 @@ class Session:
     sample: int = 0
     upload: tuple[str, str] | None = None  # (uploader key suffix, file name in the uploads folder)
     widgets: tuple[tuple[str, str, object], ...] = ()  # (widget kind, key, value)
-    page: str = "pages/predict.py"
+    page: str = "views/predict.py"
 
 
 SESSIONS = (
@@ -47,7 +47,7 @@ SESSIONS = (
     Session(CELLS, upload=("table", "cells.csv"), widgets=(("selectbox", f"cell:{CELLS}", 2),)),
     Session(PBC, 3, widgets=(("text_input", "patches:image", "0-31"), ("radio", "patch_keep", "keep only these"))),
     Session(PBC, upload=("image", "cell.jpg")),
-    Session(CELLS, 5, widgets=(("slider", "k:image", 32),), page="pages/informativeness.py"),
+    Session(CELLS, 5, widgets=(("slider", "k:image", 32),), page="views/informativeness.py"),
 )
 
 

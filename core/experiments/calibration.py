@@ -1,10 +1,12 @@
 """Calibration of the shipped models: ``python train.py --experiment <task>/calibration``.
 
 For every checkpoint of the task: ECE (15 bins) before and after temperature scaling and
-90 % split-conformal sets (:mod:`core.calibration`), a reliability diagram, and the record
-written into the checkpoint's card (which is how the dashboard shows a prediction set beside
-every prediction). Nothing is trained; the calibration rows are the validation part of the
-card's own split (or half its test part, for a model that trained on the validation part).
+90 % split-conformal sets (:mod:`core.calibration`) and a reliability diagram. Nothing is trained and
+nothing is written into the cards: the release records the same calibration in each card when it
+trains the model (which is how the dashboard shows a prediction set beside every prediction); the
+table records the sha256 of the weights it read, so a retrained model shows the table is stale. The
+calibration rows are the validation part of the card's own split (or half its test part, for a
+model that trained on the validation part).
 """
 from __future__ import annotations
 
@@ -15,12 +17,11 @@ import numpy as np
 import torch
 
 from core.calibration import CONFIDENCE, calibration_parts, calibration_record, reliability
-from core.checkpoint import update_card
 from core.errors import MMXError
 from core.evaluate import card_split, predictable
 from core.experiments import command, register_experiment
-from core.experiments.runner import SYNTHETIC_BANNER, duration
-from core.shipped import available, load
+from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
+from core.shipped import available, load, weights_of
 from core.train.device import resolve_device
 from core.train.results import atomic_write_text, write_json
 from core.viz.calibration import reliability_figure
@@ -56,14 +57,14 @@ def findings(records: dict[str, dict]) -> str:
 
 
 def run_calibration(task: str, out_dir: str | Path = "results", device: str = "auto",
-                    data_dir: str | Path | None = None, update_cards: bool = True) -> list[Path]:
-    """Calibrate every shipped model of ``task``, write the table and diagram, and record each
-    model's calibration in its card."""
+                    data_dir: str | Path | None = None) -> list[Path]:
+    """Calibrate every shipped model of ``task`` and write the table and diagram (the cards are the
+    release's: untouched)."""
     shipped = [m for m in available() if m.task == task and m.error is None]
     if not shipped:
         raise MMXError(f"no shipped models of task {task!r} to calibrate (python train.py --release trains them)")
     t0 = time.perf_counter()
-    records, bins, synthetic, timings = {}, {}, False, {}
+    records, bins, synthetic, timings, weights = {}, {}, False, {}, {}
     for m in shipped:
         start = time.perf_counter()
         method = load(task, m.name, device=str(resolve_device(device)))
@@ -74,9 +75,8 @@ def run_calibration(task: str, out_dir: str | Path = "results", device: str = "a
         measured, _ = predictable(method, data, measured)
         bins[m.name] = reliability(method.predict(data, measured).proba, data.y[torch.as_tensor(measured)].numpy())
         records[m.name] = rec
+        weights.update(weights_of(method))
         timings[m.name] = round(time.perf_counter() - start, 1)
-        if update_cards:
-            update_card(m.folder, calibration=rec)
     seconds = time.perf_counter() - t0
     base = Path(out_dir) / task / "calibration"
     figures = save_figure(reliability_figure(bins, f"{task}: reliability of the shipped models (measured rows)"),
@@ -85,7 +85,8 @@ def run_calibration(task: str, out_dir: str | Path = "results", device: str = "a
     write_json(base.with_suffix(".json"), {"title": f"Calibration of the shipped {task} models", "task": task,
                                            "synthetic": synthetic, "command": cmd,
                                            "wall_seconds": round(seconds, 1), "seconds": timings,
-                                           "records": records, "figures": [f.name for f in figures]})
+                                           "weights": weights, "records": records,
+                                           "figures": [f.name for f in figures]})
     shown = next((f.name for f in figures if f.suffix == ".png"), None)
     md = [f"# Calibration of the shipped {task} models", ""]
     if synthetic:
@@ -95,7 +96,8 @@ def run_calibration(task: str, out_dir: str | Path = "results", device: str = "a
            "fitted on the calibration rows (the validation part of the card's split; for a model that trained on its "
            "validation part, a seeded half of the test part) and measured on the rest of the test part. ECE: "
            "torchmetrics, 15 equal-width bins, top-class confidence, in %. T > 1: the model was over-confident. "
-           "Every checkpoint's card holds its row (`calibration`), and the dashboard shows each prediction's set.", "",
+           "The release records the same calibration in each checkpoint's card (`calibration`), and the dashboard "
+           "shows each prediction's set.", "", weights_line(weights), "",
            "| model | calibrated on (n) | measured n | ECE % | T | ECE after T % | coverage % | mean set size "
            "| single-class sets % | empty sets % |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

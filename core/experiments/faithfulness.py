@@ -24,14 +24,14 @@ from core.data.dataset import MultimodalDataset
 from core.data.tasks import get_task
 from core.experiments import command, register_experiment
 from core.experiments.mmdynamics import one_cpu_thread
-from core.experiments.runner import SYNTHETIC_BANNER, duration
+from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
 from core.explain.attributions import EXPLAINERS
 from core.explain.faithfulness import ALPHA, CURVES, LEARNED, NAMES, RANDOM, STEPS, Faithfulness, faithfulness
 from core.explain.live import patch_grid, patch_size
 from core.explain.sample import heldout_cohort
 from core.models.base import Method
 from core.models.registry import get_method
-from core.shipped import load
+from core.shipped import load, weights_of
 from core.train.device import resolve_device
 from core.train.results import atomic_write_text, write_json
 from core.viz.export import result_formats, save_figure
@@ -78,7 +78,8 @@ def run(name: str, task: str, out_dir: str | Path, device: str, data_dir: str | 
     cmd = command(name, task)
     grids = {m: (*patch_grid(method, m), patch_size(method)) for m, s in method.specs.items() if s.kind == "image"}
     setting = {"samples": int(n), "test_samples": int(len(test)), "steps": steps, "baseline": result.baseline,
-               "seed": SEED, "source": source, "patch_grids": grids, "attribution": ATTRIBUTION}
+               "seed": SEED, "source": source, "patch_grids": grids, "attribution": ATTRIBUTION,
+               "weights": weights_of(method)}
     write_json(base.with_suffix(".json"), _payload(result, data, method, cmd, seconds, device, setting, figures))
     atomic_write_text(base.with_suffix(".md"), _markdown(result, data, cmd, seconds, setting, figures, title))
     return [base.with_suffix(".md"), base.with_suffix(".json"), *figures]
@@ -109,7 +110,8 @@ def _markdown(result: Faithfulness, data: MultimodalDataset, cmd: str, seconds: 
         md += [SYNTHETIC_BANNER, ""]
     md += [
         f"Produced by: `{cmd}`", "",
-        f"Model: {setting['source']}. Samples: {setting['samples']} of the {setting['test_samples']} test samples "
+        f"Model: {setting['source']}. {weights_line(setting['weights'])}", "",
+        f"Samples: {setting['samples']} of the {setting['test_samples']} test samples "
         f"(seeded random subsample, seed {SEED}; the cost of occlusion and feature ablation grows with the units per "
         "sample, and the subsample keeps the run within about 8 minutes on one CPU thread). Explained class: each "
         "sample's predicted class.", "",

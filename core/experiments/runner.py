@@ -159,5 +159,13 @@ def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def weights_line(weights: dict[str, dict[str, str]]) -> str:
+    """The shipped weights a table read (:func:`core.shipped.weights_of`), for its Markdown."""
+    if not weights:
+        return "Weights read: none shipped (a model trained for this run)."
+    return "Weights read (sha256, first 16 hex digits; the JSON has them whole): " + "; ".join(
+        f"`{key}` " + ", ".join(f"{f} {h[:16]}" for f, h in files.items()) for key, files in weights.items()) + "."
+
+
 def pct(x: float) -> str:
     return "n/a" if np.isnan(x) else f"{100 * x:.1f}"

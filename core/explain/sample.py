@@ -81,15 +81,16 @@ class Cohort:
 
 
 def heldout_cohort(method: Method, data_dir: str | Path | None = None) -> Cohort:
-    """The test part of the split named on the model's card (what its metrics were measured on)."""
+    """The test part of the split named on the model's card (what its metrics were measured on); with
+    no data folder for the task, its bundled examples, and a caveat saying so."""
     card = getattr(method, "card", None) or {}
     if "task" not in card:
         raise MMXError(f"model {method.name!r} has no card naming its task: load it from a checkpoint")
-    scored = open_source(method, card["task"], data_dir=data_dir)
+    scored = open_source(method, task=card["task"], data_dir=data_dir)
     idx, _ = predictable(method, scored.data, scored.idx)
     labels = np.asarray(method.classes)[scored.data.y[torch.as_tensor(idx)].numpy()]
-    return Cohort(scored.data, idx, f"test split of {card['task']}", scored.notes, labels,
-                  caveats(method, upload=False))
+    return Cohort(scored.data, idx, scored.source, scored.notes, labels,
+                  [*([scored.stand_in] if scored.stand_in else []), *caveats(method, upload=False)])
 
 
 def read_upload(method: Method, images: dict[str, tuple[str, bytes]] | None = None,

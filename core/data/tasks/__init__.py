@@ -39,6 +39,7 @@ class TaskInfo:
     builder: Callable[..., TaskData]
     requires: tuple[str, ...]  # sub-folders of the data root the task reads
     description: str
+    examples: Callable[..., MultimodalDataset] | None = None  # reads the bundled extract (core.data.examples)
 
     def available(self, root: Path | None) -> bool:
         return not self.requires or (root is not None and all((root / r).exists() for r in self.requires))
@@ -49,11 +50,13 @@ _CACHE: dict[tuple, TaskData] = {}
 _LOCK = threading.Lock()
 
 
-def register_task(name: str, requires: tuple[str, ...], description: str):
-    """Decorator: ``builder(root: Path | None, **options) -> TaskData`` becomes task ``name``."""
+def register_task(name: str, requires: tuple[str, ...], description: str,
+                  examples: Callable[..., MultimodalDataset] | None = None):
+    """Decorator: ``builder(root: Path | None, **options) -> TaskData`` becomes task ``name``;
+    ``examples(folder, **options)`` reads its bundled extract of real test samples, if it has one."""
 
     def deco(fn: Callable[..., TaskData]) -> Callable[..., TaskData]:
-        _REGISTRY[name] = TaskInfo(name, fn, requires, description)
+        _REGISTRY[name] = TaskInfo(name, fn, requires, description, examples)
         return fn
 
     return deco

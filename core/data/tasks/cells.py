@@ -15,7 +15,8 @@ import torch
 
 from core.data.cache import atomic_write, cached_arrays, load_images
 from core.data.dataset import ModalitySpec, MultimodalDataset
-from core.data.readers import align_tables, normalize_expression, read_h5ad
+from core.data.extract import copy_file, copy_lines
+from core.data.readers import Table, align_tables, normalize_expression, read_csv_table, read_h5ad
 from core.data.splits import leave_one_group_out
 from core.data.tasks import TaskData, register_task
 from core.errors import MMXError
@@ -31,6 +32,19 @@ UPLOAD_IMAGE_CAVEAT = ("The image branch of this model learnt from blood-cell pi
                        "picture relates to its RNA and protein: an image-based explanation is about the class.")
 IMAGE_CLASS = {"T": "lymphocyte", "B": "lymphocyte", "NK_ILC": "lymphocyte", "Myeloid": "monocyte",
                "Erythroid": "erythroblast", "Progenitor": "ig"}
+#: the 6 lineages this project groups the 41 expert cell types of the data into (``labels.csv`` column ``lineage``)
+LINEAGE = {
+    **dict.fromkeys(("CD4+ T CD314+ CD45RA+", "CD4+ T activated", "CD4+ T activated integrinB7+", "CD4+ T naive",
+                     "CD8+ T CD49f+", "CD8+ T CD57+ CD45RA+", "CD8+ T CD57+ CD45RO+", "CD8+ T CD69+ CD45RA+",
+                     "CD8+ T CD69+ CD45RO+", "CD8+ T TIGIT+ CD45RA+", "CD8+ T TIGIT+ CD45RO+", "CD8+ T naive",
+                     "CD8+ T naive CD127+ CD26- CD101-", "MAIT", "T reg", "gdT CD158b+", "gdT TCRVD2+"), "T"),
+    **dict.fromkeys(("B1 B IGKC+", "B1 B IGKC-", "Naive CD20+ B IGKC+", "Naive CD20+ B IGKC-", "Plasma cell IGKC+",
+                     "Plasmablast IGKC+", "Plasmablast IGKC-", "Transitional B"), "B"),
+    **dict.fromkeys(("ILC", "ILC1", "NK", "NK CD158e1+"), "NK_ILC"),
+    **dict.fromkeys(("CD14+ Mono", "CD16+ Mono", "cDC2", "pDC"), "Myeloid"),
+    **dict.fromkeys(("Erythroblast", "Normoblast", "Proerythroblast", "Reticulocyte"), "Erythroid"),
+    **dict.fromkeys(("G/M prog", "HSC", "Lymph prog", "MK/E prog"), "Progenitor"),
+}
 PAIRING_SEED = 20261122
 PAIRING_FILE = Path(__file__).with_name("cells_pairing.csv")
 TARGET_SUM = 1e4
@@ -66,13 +80,26 @@ RNA_FILE = "openproblems_bmmc_cite_starter.output_rna.h5ad"
 PROT_FILE = "openproblems_bmmc_cite_starter.output_mod2.h5ad"
 
 
-def _normalised_counts(d: Path) -> dict[str, np.ndarray]:
-    rna = normalize_expression(read_h5ad(d / RNA_FILE, layer="counts"), TARGET_SUM)
-    prot = normalize_expression(read_h5ad(d / PROT_FILE, layer="counts"), TARGET_SUM)
+def _normalised(rna: Table, prot: Table) -> dict[str, np.ndarray]:
+    rna, prot = normalize_expression(rna, TARGET_SUM), normalize_expression(prot, TARGET_SUM)
     ids = align_tables({"rna": rna, "protein": prot})
     return {"ids": ids.astype(str), "rna": rna.X, "rna_features": np.array(rna.features, dtype=str),
             "rna_norm": np.array(rna.normalization), "protein": prot.X,
             "protein_features": np.array(prot.features, dtype=str), "protein_norm": np.array(prot.normalization)}
+
+
+def _normalised_counts(d: Path) -> dict[str, np.ndarray]:
+    return _normalised(read_h5ad(d / RNA_FILE, layer="counts"), read_h5ad(d / PROT_FILE, layer="counts"))
+
+
+def _labels(d: Path, ids: np.ndarray) -> pd.DataFrame:
+    labels = pd.read_csv(d / "labels.csv")
+    if not np.array_equal(labels["cell_id"].astype(str).to_numpy(), ids):
+        raise MMXError("cell ids differ from the expression files", d / "labels.csv")
+    unknown = set(labels["lineage"]) - set(CLASSES)
+    if unknown:
+        raise MMXError(f"unknown lineage values {sorted(unknown)}", d / "labels.csv")
+    return labels
 
 
 def read_cells_tables(root: Path) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
@@ -80,33 +107,26 @@ def read_cells_tables(root: Path) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     table, ids checked to match."""
     d = root / CITE
     arrays = cached_arrays([d / RNA_FILE, d / PROT_FILE], f"cells-counts-{TARGET_SUM}", lambda: _normalised_counts(d))
-    labels = pd.read_csv(d / "labels.csv")
-    if not np.array_equal(labels["cell_id"].astype(str).to_numpy(), arrays["ids"]):
-        raise MMXError("cell ids differ from the h5ad files", d / "labels.csv")
-    unknown = set(labels["lineage"]) - set(CLASSES)
-    if unknown:
-        raise MMXError(f"unknown lineage values {sorted(unknown)}", d / "labels.csv")
-    return arrays, labels
+    return arrays, _labels(d, arrays["ids"])
 
 
 def stored_pairing(labels: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
-    """The committed pairing when it fits these cells and images; else a fresh seeded draw."""
+    """The committed pairing of these cells when it covers them with these images; else a fresh seeded draw."""
     if PAIRING_FILE.exists():
         p = pd.read_csv(PAIRING_FILE)
+        p = p[p["cell_id"].isin(set(labels["cell_id"]))]
         if set(p["cell_id"]) == set(labels["cell_id"]) and set(p["image"]) <= set(images["path"]):
             return p
     return make_pairing(labels[["cell_id", "batch", "lineage"]], images)
 
 
-@register_task("cells", requires=(CITE, PBC),
-               description="bone-marrow CITE-seq RNA (1000 genes) + protein (134) + class-matched cell image; 6 lineages, 2 donors")
-def build_cells(root: Path, image_size: int = 64, seeds: tuple[int, ...] = (0, 1, 2)) -> TaskData:
-    arrays, labels = read_cells_tables(root)
+def _dataset(root: Path, arrays: dict[str, np.ndarray], labels: pd.DataFrame,
+             image_size: int) -> tuple[MultimodalDataset, pd.DataFrame]:
+    """The dataset of these cells with their paired images under ``root`` (PBC's layout)."""
     images = pd.read_csv(root / PBC / "labels.csv")
     pairing = stored_pairing(labels, images).set_index("cell_id").loc[labels["cell_id"]]
     img = load_images([root / PBC / p for p in pairing["image"]], (image_size, image_size))
     y = labels["lineage"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
-    groups = labels["batch"].astype(str).to_numpy()
     n = len(y)
     specs = {
         m: ModalitySpec(m, "omics", tuple(arrays[f"{m}_features"].tolist()), preprocessing=str(arrays[f"{m}_norm"]))
@@ -119,11 +139,44 @@ def build_cells(root: Path, image_size: int = 64, seeds: tuple[int, ...] = (0, 1
         name="cells",
         modalities={"rna": torch.from_numpy(arrays["rna"]), "protein": torch.from_numpy(arrays["protein"]), "image": img},
         present={m: torch.ones(n, dtype=torch.bool) for m in specs},
-        y=torch.from_numpy(y), classes=CLASSES, groups=groups, ids=labels["cell_id"].astype(str).to_numpy(),
-        specs=specs,
+        y=torch.from_numpy(y), classes=CLASSES, groups=labels["batch"].astype(str).to_numpy(),
+        ids=labels["cell_id"].astype(str).to_numpy(), specs=specs,
     )
+    return ds, pairing
+
+
+COUNTS = {"rna": "rna_counts.csv", "protein": "protein_counts.csv"}  # the data folder's CSV exports of the counts
+
+
+def read_examples(folder: Path, image_size: int = 64) -> MultimodalDataset:
+    """The bundled extract: lines of the data folder's count tables and ``labels.csv``, and the
+    cells' paired images in PBC's layout (the same numbers as the h5ad files give these cells)."""
+    d = folder / CITE
+    arrays = _normalised(*(read_csv_table(d / f, id_column="cell_id") for f in COUNTS.values()))
+    return _dataset(folder, arrays, _labels(d, arrays["ids"]), image_size)[0]
+
+
+def write_examples(root: Path, ids: list[str], out: Path) -> list[Path]:
+    """Cells ``ids``: their lines of the count tables and ``labels.csv``, and their paired images with
+    their lines of PBC's ``labels.csv``, into ``out`` in the data root's layout."""
+    wanted = set(ids)
+    written = [copy_lines(root / CITE / f, out / CITE / f, lambda c: c in wanted)
+               for f in (*COUNTS.values(), "labels.csv")]
+    labels = pd.read_csv(root / CITE / "labels.csv")
+    pairing = stored_pairing(labels, pd.read_csv(root / PBC / "labels.csv"))
+    images = set(pairing.loc[pairing["cell_id"].isin(wanted), "image"])
+    written.append(copy_lines(root / PBC / "labels.csv", out / PBC / "labels.csv", lambda p: p in images))
+    return written + [copy_file(root / PBC / p, out / PBC / p) for p in sorted(images)]
+
+
+@register_task("cells", requires=(CITE, PBC),
+               description="bone-marrow CITE-seq RNA (1000 genes) + protein (134) + class-matched cell image; 6 lineages, "
+                           "2 donors", examples=read_examples)
+def build_cells(root: Path, image_size: int = 64, seeds: tuple[int, ...] = (0, 1, 2)) -> TaskData:
+    arrays, labels = read_cells_tables(root)
+    ds, pairing = _dataset(root, arrays, labels, image_size)
     return TaskData(
-        ds, {"leave_one_donor_out": leave_one_group_out(groups, y, seeds=seeds)},
+        ds, {"leave_one_donor_out": leave_one_group_out(ds.groups, ds.y.numpy(), seeds=seeds)},
         "bone-marrow CITE-seq (Open Problems BMMC, 2 donors) with class-matched PBC microscopy images",
         notes={"pairing": pairing.reset_index(), "fine_cell_type": labels["cell_type"].to_numpy()},
     )

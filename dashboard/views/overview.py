@@ -20,6 +20,7 @@ with st.spinner("Loading the libraries (once per server start)…"):
     from common import available_tasks, data_banner, figure, list_tasks, shipped_models, show_error, task_summary
     from picker import sidebar
 
+    from core.data.examples import has_examples
     from core.viz.overview import class_counts_figure
 
 sidebar(samples=False)
@@ -28,7 +29,10 @@ data_banner()
 rows = []
 available = set(available_tasks())
 for info in list_tasks():
-    row = {"task": info.name, "description": info.description, "available": info.name in available}
+    row = {"task": info.name, "description": info.description, "available": info.name in available,
+           "samples to explain": "generated (synthetic)" if not info.requires else "data folder"
+           if info.name in available else
+           "bundled examples (examples/)" if has_examples(info.name) else "uploads only"}
     if row["available"]:
         try:
             s = task_summary(info.name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 from common import figure, prediction_set, shipped_models, table
 from explained import guidance_cohort, guidance_results, latent_points
-from picker import page
+from picker import cohort_name, page
 
 from core.calibration import Conformal
 from core.explain.guidance import GUIDED, UNGUIDED, sample_comparison
@@ -82,7 +82,7 @@ with right:
 
 # ------------------------------------------------------------------ the test split
 deltas, test = guidance_cohort(cur)
-st.subheader(f"Over the test split ({test['n']} samples)")
+st.subheader(f"Over {cohort_name(cur)} ({test['n']} samples)")
 a, b, c = st.columns(3)
 a.metric(f"Accuracy {UNGUIDED}", f"{100 * test['accuracy I']:.1f}%")
 b.metric(f"Accuracy {GUIDED}", f"{100 * test['accuracy G(I)+I']:.1f}%",
@@ -118,8 +118,8 @@ colour = st.radio("Colour", ("mapping error", "class"), horizontal=True, key="gu
 in_map = bool((points["id"] == cur.sample.id).any())
 figure(latent_map_figure(points, highlight=cur.sample.id if in_map else None,
                          colour="mapping_error" if colour == "mapping error" else "label"), "guidance_umap")
-st.caption("UMAP of the test split (seeded). Left: z_I from the inferior encoder, embedded on its own. Right: G(z_I) "
-           "and z_S share one space and are embedded together; the mapping error is the mean squared distance between "
+st.caption(f"UMAP of {cohort_name(cur)} (seeded). Left: z_I from the inferior encoder, embedded on its own. "
+           "Right: G(z_I) and z_S share one space and are embedded together; the mapping error is the mean squared distance between "
            "a sample's G(z_I) and z_S, what G was trained to make small. "
            + ("The stars are this sample; the dotted line joins its G(z_I) to its z_S." if in_map
               else "An uploaded sample is not part of the test split, so it is not in the map."))

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 from common import figure, table
 from explained import cohort_weights, effects, unmasked
-from picker import page
+from picker import cohort_name, page
 
 from core.viz.explain import cohort_weights_figure, modality_weights_figure
 
@@ -34,17 +34,18 @@ if info.modality_weights:
         if len(rows.columns) > 1:
             st.markdown("Each modality's own classifier, probability per class (%):")
             table(rows, "modality_probabilities")
-    st.subheader("Over the test split")
-    figure(cohort_weights_figure(cohort_weights(cur), cur.method.classes), "modality_weights_cohort")
+    st.subheader(f"Over {cohort_name(cur)}")
+    figure(cohort_weights_figure(cohort_weights(cur), cur.method.classes, f"Modality weights over {cohort_name(cur)}"),
+           "modality_weights_cohort")
 else:
     st.info(f"**{cur.model_key}** has no per-modality weights (MM dynamics, MM static and HyperMM do); "
             "the masking table below still shows how much each modality matters to it.")
 
-st.subheader("Switching a modality off, over the test split")
+st.subheader(f"Switching a modality off, over {cohort_name(cur)}")
 fx = effects(cur).copy()
 for c in ("accuracy", "balanced accuracy"):
     fx[c] = (100 * fx[c]).round(1)
 fx = fx.rename(columns={"accuracy": "accuracy %", "balanced accuracy": "balanced accuracy %"}).round(1)
 table(fx, "masking_effects")
-st.caption("Accuracy on the model's test split with nothing off, then with each modality masked (images: gray, "
+st.caption(f"Accuracy on {cohort_name(cur)} with nothing off, then with each modality masked (images: gray, "
            "omics: the training mean) or left absent (the model's own handling). The drop is in percentage points.")
