@@ -144,7 +144,8 @@ def run_release(args: argparse.Namespace, command: str) -> int:
 def run_pretrain(args: argparse.Namespace, command: str) -> int:
     from pathlib import Path
 
-    from core.pretrain import NAME, Recipe, pretrain, read_encoder_card
+    from core.models.weights import NAME, read_encoder_card
+    from core.pretrain import Recipe, pretrain
 
     recipe = Recipe(**({"epochs": args.epochs} if args.epochs else {}))
     out = Path(args.checkpoint_dir) / "encoders" / NAME if args.checkpoint_dir else None

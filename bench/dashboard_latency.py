@@ -60,14 +60,14 @@ from core.explain.sample import Cohort, Sample, heldout_cohort  # noqa: E402
 from core.models.base import Method  # noqa: E402
 from core.shipped import load  # noqa: E402
 from core.viz.explain import patch_map_figure, probability_figure  # noqa: E402
-from core.viz.report import sample_report  # noqa: E402
+from core.report import sample_report  # noqa: E402
 
 GOAL_LIVE_MS = 150.0
 GOAL_COLD_S = 5.0
 APP = ("from streamlit.testing.v1 import AppTest; "
        "at = AppTest.from_file('dashboard/Home.py', default_timeout=120)")
 PAGE_IMPORTS = ("import streamlit, plotly.graph_objects, torch, pandas, core.data.tasks, core.shipped, "
-                "core.explain.live, core.explain.cohort, core.viz.explain, core.viz.report")
+                "core.explain.live, core.explain.cohort, core.viz.explain, core.report")
 COLD = {"import + from_file": APP,
         "full (.run())": APP + ".run(); assert not at.exception, at.exception",
         "pages' imports only": PAGE_IMPORTS}

@@ -30,6 +30,7 @@ from safetensors.torch import save as save_tensors
 
 from core.data.dataset import ModalitySpec
 from core.errors import MMXError
+from core.models.encoders import starting_weights
 from core.models.registry import get_method, method_entry
 from core.train.loop import FitResult
 from core.train.results import atomic_folder, atomic_write_text
@@ -106,6 +107,7 @@ def save_checkpoint(method, out_dir: str | Path, *, task: str = "", metrics: dic
         "best_score": fit["best_score"],
         "epochs_run": fit["epochs_run"],
         "method_state": state_json,
+        "starting_weights": starting_weights(method.module()),
         "weights_dtype": "float16" if half else "float32",
         "device": str(method.device),
         "versions": versions(),

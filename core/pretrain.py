@@ -24,13 +24,11 @@ import numpy as np
 import torch
 
 from core.errors import MMXError
+from core.models.weights import CARD, FORMAT, NAME, WEIGHTS
+from core.models.encoders import TRUNK_FEATURES, resnet_trunk
 from core.paths import checkpoints_dir
 from core.train.results import atomic_folder, atomic_write_bytes
 
-FORMAT = "mmx-encoder/1"
-NAME = "resnet_simclr"
-CARD = "encoder.json"
-WEIGHTS = "trunk.safetensors"
 STATE = "resume.pt"  # the last finished epoch of an unfinished run (tensors and numbers only)
 
 
@@ -118,7 +116,6 @@ def pretrain(out_dir: str | Path | None = None, recipe: Recipe = Recipe(), *, da
     from safetensors.torch import save as save_tensors
     from tqdm.auto import tqdm
 
-    from core.models.encoders import TRUNK_FEATURES, resnet_trunk
 
     out = Path(out_dir) if out_dir is not None else checkpoints_dir() / "encoders" / NAME
     pool = pool if pool is not None else pretraining_pool(data_dir, recipe.image_size)
@@ -198,36 +195,3 @@ def _state_bytes(state: dict) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
-
-
-def read_encoder_card(folder: str | Path | None = None) -> dict:
-    folder = Path(folder) if folder is not None else checkpoints_dir() / "encoders" / NAME
-    path = folder / CARD
-    if not path.is_file():
-        raise MMXError("no pretrained image encoder: `python train.py --pretrain` writes it", path)
-    try:
-        card = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MMXError(f"encoder card is not valid JSON ({e})", path) from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT or WEIGHTS not in card.get("files", {}):
-        raise MMXError(f"not an {FORMAT} card listing {WEIGHTS}", path)
-    return card
-
-
-def load_trunk(folder: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The pretrained trunk's weights (sha256 checked against the card; nothing unpickled)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_tensors
-
-    folder = Path(folder) if folder is not None else checkpoints_dir() / "encoders" / NAME
-    card = read_encoder_card(folder)
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise MMXError("encoder weights not found", path)
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != card["files"][WEIGHTS]:
-        raise MMXError("sha256 does not match the encoder card (file changed or damaged)", path)
-    try:
-        return {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(data).items()}
-    except SafetensorError as e:
-        raise MMXError(f"not a readable safetensors file ({e})", path) from None

@@ -232,7 +232,8 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 def _pretrain(checkpoints: Path, data_dir, quick: bool, command: str) -> list[Path]:
     from core.data.tasks import get_task
-    from core.pretrain import CARD, WEIGHTS, Pool, Recipe, pretrain
+    from core.models.weights import CARD, WEIGHTS
+    from core.pretrain import Pool, Recipe, pretrain
 
     out = checkpoints / _ENCODER
     if quick:

@@ -12,7 +12,7 @@ from picker import Current
 from core.explain.cohort import cohort_explain, masking_effects, modality_weights
 from core.explain.informativeness import Informativeness, explain
 from core.explain.live import Masking, patch_ablation
-from core.viz.report import sample_report
+from core.report import sample_report
 
 
 @st.cache_data(max_entries=128, show_spinner=False)

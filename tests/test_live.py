@@ -30,7 +30,7 @@ from core.explain.sample import Sample, heldout_cohort, read_upload
 from core.models.masking import MaskSpec, RowMaskMismatch, RowMasks, apply_mask
 from core.models.registry import get_method, list_methods, method_entry, training_stages, with_epochs
 from core.shipped import load
-from core.viz.report import sample_report
+from core.report import sample_report
 
 # demo fits for the batched-variants check: one epoch per stage; modalities and settings where the defaults do not fit
 DEMO_FITS = {"mcat": (("rna", "protein"), {}), "cnn": (("image",), {}), "hypermm": (None, {"backbone": "small_cnn"}),

@@ -191,7 +191,7 @@ ENCODER_SEEDS = (0,)
 
 def encoder_findings(s: dict[str, RowResult]) -> str:
     from core.experiments.findings import compare
-    from core.pretrain import read_encoder_card
+    from core.models.weights import read_encoder_card
 
     card = read_encoder_card()
     base = ENCODER_ROWS[0].label

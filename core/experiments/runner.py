@@ -39,6 +39,7 @@ class Row:
     config: dict = field(default_factory=dict)
     mask: dict[str, str] | None = None  # test-time masking
     target: str | None = None  # an extra label column instead of y
+    image_size: int | None = None  # this row's images at another size than the table's (the same samples)
 
 
 @dataclass
@@ -62,12 +63,15 @@ def predictions(y: np.ndarray, proba: np.ndarray) -> dict:
 
 
 def _model_key(row: Row, split_name: str) -> str:
-    return json.dumps([row.method, row.modalities, row.config, row.target, split_name], sort_keys=True, default=str)
+    return json.dumps([row.method, row.modalities, row.config, row.target, row.image_size, split_name], sort_keys=True,
+                      default=str)
 
 
 def run_rows(task: TaskData, rows: list[Row], split: str | None = None, seeds: tuple[int, ...] | None = None,
-             device: str = "auto", progress: bool = False, log: Callable[[str], None] = print) -> list[RowResult]:
-    """Train and evaluate every row on every split of ``task`` (optionally only ``seeds``)."""
+             device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
+             resized: Callable[[int], TaskData] | None = None) -> list[RowResult]:
+    """Train and evaluate every row on every split of ``task`` (optionally only ``seeds``); a row with
+    its own ``image_size`` runs on ``resized(size)``, the same task at that size."""
     scheme = split or task.default_split
     if scheme not in task.splits:
         raise MMXError(f"task {task.dataset.name!r} has no split {scheme!r}; it has {list(task.splits)}")
@@ -77,7 +81,9 @@ def run_rows(task: TaskData, rows: list[Row], split: str | None = None, seeds: t
     trained: dict[str, tuple] = {}
     results = []
     for row in rows:
-        data = task.dataset.with_target(row.target)
+        if row.image_size is not None and resized is None:
+            raise MMXError(f"row {row.label!r} asks for {row.image_size} px images: give run_rows a resized task")
+        data = (resized(row.image_size) if row.image_size is not None else task).dataset.with_target(row.target)
         data = data.select(list(row.modalities)) if row.modalities else data
         runs = []
         for sp in splits:
@@ -148,7 +154,8 @@ def run_table(name: str, title: str, task: str, rows: list[Row], split: str | No
     """Run ``rows`` on ``task`` and write the table; ``findings(label -> RowResult)`` writes the prose."""
     td = get_task(task, data_dir, **(task_options or {}))
     t0 = time.perf_counter()
-    results = run_rows(td, rows, split, seeds, device, progress)
+    results = run_rows(td, rows, split, seeds, device, progress,
+                       resized=lambda size: get_task(task, data_dir, **{**(task_options or {}), "image_size": size}))
     seconds = time.perf_counter() - t0
     text = findings({r.row.label: r for r in results}) if findings else ""
     path = write_table(out_dir, td, name, title, results, columns, seconds, device, text, command)

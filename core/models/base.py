@@ -40,8 +40,9 @@ class DeepConfig(MethodConfig):
     train: loop.TrainConfig = field(default_factory=loop.TrainConfig)
     missing: str = "native"  # absent modalities: native | zeros | mean | gray (see core.models.absent)
     modality_dropout: float = 0.0  # training only: drop each observed modality with this probability
-    encoder: str = "small"  # image encoder: small | resnet | pretrained (see core.models.encoders)
-    freeze_encoder: bool = False  # pretrained only: keep the self-supervised trunk fixed
+    encoder: str = "small"  # image encoder: small | resnet | pretrained | efficientnet_lite0 (core.models.encoders)
+    freeze_encoder: bool = False  # pretrained / ImageNet encoders only: keep the trunk's starting weights fixed
+    encoder_tune_stages: int | None = None  # ImageNet encoders: train only the last N trunk units (None: all)
 
 
 @dataclass
@@ -248,10 +249,16 @@ class TorchMethod(Method):
         self.net = self.build_net()  # fresh weights drawn under the seed just set
         init_pretrained(self.net)
         self.module().to(self.device)
-        # modality dropout zeroes raw inputs before preparation, so it needs the per-step path
-        prepare = self.prep if self.resident_inputs and not self.config.modality_dropout else None
-        return loop.fit(self.net, self.forward, data, split.train, split.val, self.config.train, self.device,
+        forward, prepare = self.training_forward(data, np.union1d(split.train, split.val))
+        return loop.fit(self.net, forward, data, split.train, split.val, self.config.train, self.device,
                         seed, progress, callback, prepare=prepare)
+
+    def training_forward(self, data: MultimodalDataset, rows: np.ndarray) -> tuple[Callable, Callable | None]:
+        """The forward pass training runs on ``rows`` of ``data`` and the preparation the loop may
+        apply once to resident rows (:func:`core.train.loop.fit`): by default :meth:`forward`, and the
+        input preparation unless modality dropout (which zeroes raw inputs) needs the per-step path."""
+        prepare = self.prep if self.resident_inputs and not self.config.modality_dropout else None
+        return self.forward, prepare
 
     def _predict_outputs(self, data, idx, masks) -> ModelOutput:
         self.module().to(self.device)

@@ -1,17 +1,20 @@
-"""``cnn``: the image-only baseline (the seed study's "CNN (I)"): the shared small CNN encoder
-and a linear classifier on one image modality, trained with class-weighted CE."""
+"""``cnn``: the image-only baseline (the seed study's "CNN (I)"): the shared small CNN encoder (or
+another of :mod:`core.models.encoders`) and a linear classifier on one image modality, trained with
+class-weighted CE. With an ImageNet encoder whose first units stay frozen, training computes their
+output once per image and trains the rest on it (the same model, far fewer operations per step)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from core.errors import MMXError
 from core.models.base import DeepConfig, Net, TorchMethod
-from core.models.encoders import SmallCNN, image_encoder
+from core.models.encoders import ImageNetEncoder, SmallCNN, image_encoder
 from core.models.registry import register_method
-from core.train.loop import TrainConfig
+from core.train.loop import TrainConfig, random_flips
 from core.train.output import ModelOutput
 
 
@@ -26,12 +29,12 @@ class CNNConfig(DeepConfig):
 
 class CNNNet(Net):
     def __init__(self, modality: str, in_channels: int, n_classes: int, latent: int, dropout: float, hidden: int,
-                 encoder: str = "small", freeze: bool = False):
+                 encoder: str = "small", freeze: bool = False, tune_stages: int | None = None):
         super().__init__()
         self.modality = modality
-        small = encoder == "small" and not freeze  # the seed study's CNN keeps its own hidden width
+        small = encoder == "small" and not freeze and tune_stages is None  # the seed study's CNN: its own width
         self.encoder = (SmallCNN(in_channels, latent, hidden=hidden, dropout=dropout) if small
-                        else image_encoder(in_channels, latent, dropout, encoder, freeze))
+                        else image_encoder(in_channels, latent, dropout, encoder, freeze, tune_stages))
         self.classifier = nn.Linear(latent, n_classes)
 
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
@@ -51,8 +54,31 @@ class CNN(TorchMethod):
                            f"select one (e.g. --modalities {image})")
         super().__init__(specs, classes, config)
 
+    def training_forward(self, data, rows):
+        enc = self.net.encoder
+        if not isinstance(enc, ImageNetEncoder) or enc.n_tuned == enc.n_units or self.config.train.strong_augment:
+            return super().training_forward(data, rows)  # nothing frozen, or crops that must see the image
+        (m,) = self.specs
+        rows = np.asarray(rows)
+        at = torch.full((len(data),), -1, dtype=torch.long)
+        at[torch.as_tensor(rows)] = torch.arange(len(rows))
+        enc.eval()
+        with torch.inference_mode():
+            cache = torch.cat([enc.prefix(self.prep({m: data.modalities[m][torch.as_tensor(chunk)].to(self.device)})[m])
+                               for chunk in np.array_split(rows, max(1, len(rows) // 64))]).clone()
+        flips = self.config.train.augment
+
+        def forward(batch: dict, train: bool = False) -> ModelOutput:
+            h = cache[at[batch["index"]].to(cache.device)]
+            if train and flips:  # flipping the frozen units' output stands in for flipping the image
+                h = random_flips({m: h}, [m], torch.default_generator)[m]
+            with enc.from_prefix():
+                return self.net({m: h}, batch["present"])
+
+        return forward, None
+
     def build_net(self) -> Net:
         (m, spec), = self.specs.items()
         cfg = self.config
         return CNNNet(m, spec.image_shape[0], self.n_classes, cfg.latent, cfg.dropout, cfg.hidden, cfg.encoder,
-                      cfg.freeze_encoder)
+                      cfg.freeze_encoder, cfg.encoder_tune_stages)

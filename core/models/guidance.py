@@ -56,8 +56,9 @@ class GuidanceConfig(MethodConfig):
     latent: int = 256  # latent width of each modality's encoder
     latent_sizes: dict = field(default_factory=dict)  # per-modality widths overriding ``latent``
     dropout: float = 0.5  # inside the encoders
-    encoder: str = "small"  # image encoders of C_I and C_S: small | resnet | pretrained (core.models.encoders)
-    freeze_encoder: bool = False  # pretrained only: keep the self-supervised trunk fixed
+    encoder: str = "small"  # image encoders of C_I and C_S: small | resnet | pretrained | efficientnet_lite0
+    freeze_encoder: bool = False  # pretrained / ImageNet encoders only: keep the trunk's starting weights fixed
+    encoder_tune_stages: int | None = None  # ImageNet encoders: train only the last N trunk units (None: all)
     guide_hidden: int = 512  # G: z_I -> hidden -> bottleneck -> hidden -> z_S
     bottleneck: int = 256
     guide_dropout: float = 0.1
@@ -74,9 +75,9 @@ class ModalityClassifier(Net):
     """C_I or C_S: one encoder per modality, latents concatenated into z, a linear head."""
 
     def __init__(self, specs: dict[str, ModalitySpec], sizes: dict[str, int], dropout: float, n_classes: int,
-                 encoder: str = "small", freeze: bool = False):
+                 encoder: str = "small", freeze: bool = False, tune_stages: int | None = None):
         super().__init__()
-        self.encoders = nn.ModuleDict({m: build_encoder(s, sizes[m], dropout, encoder, freeze)
+        self.encoders = nn.ModuleDict({m: build_encoder(s, sizes[m], dropout, encoder, freeze, tune_stages)
                                        for m, s in specs.items()})
         self.width = sum(sizes[m] for m in specs)
         self.head = nn.Linear(self.width, n_classes)
@@ -243,7 +244,7 @@ class GuidanceMethod(Method):
     def build_net(self) -> GuidanceNet:
         cfg = self.config
         sizes = {m: int(cfg.latent_sizes.get(m, cfg.latent)) for m in self.specs}
-        enc = (cfg.encoder, cfg.freeze_encoder)
+        enc = (cfg.encoder, cfg.freeze_encoder, cfg.encoder_tune_stages)
         c_i = ModalityClassifier({self.inferior: self.specs[self.inferior]}, sizes, cfg.dropout, self.n_classes, *enc)
         c_s = ModalityClassifier({m: self.specs[m] for m in self.superior}, sizes, cfg.dropout, self.n_classes, *enc)
         return GuidanceNet(c_i, c_s, cfg, self.n_classes)

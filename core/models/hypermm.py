@@ -35,6 +35,7 @@ from core.errors import MMXError
 from core.models.base import Method, MethodConfig, Net
 from core.models.encoders import OmicsEncoder, SmallCNN, image_encoder, init_pretrained
 from core.models.registry import register_method
+from core.models.weights import IMAGENET
 from core.train import loop
 from core.train.loop import TrainConfig
 from core.train.output import ModelOutput
@@ -42,16 +43,18 @@ from core.train.output import ModelOutput
 log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean", "sum", "max")
-BACKBONES = ("auto", "vgg11", "small_cnn", "resnet", "pretrained")
+BACKBONES = ("auto", "vgg11", "small_cnn", "resnet", "pretrained", *IMAGENET)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class HyperMMConfig(MethodConfig):
-    # auto (VGG11 when cached, else small_cnn) | vgg11 | small_cnn | resnet | pretrained (core.models.encoders)
+    # auto (VGG11 when cached, else small_cnn) | vgg11 | small_cnn | resnet | pretrained | efficientnet_lite0
+    # (core.models.encoders)
     backbone: str = "auto"
-    freeze_encoder: bool = False  # backbone 'pretrained' only: keep the self-supervised trunk fixed
+    freeze_encoder: bool = False  # backbone 'pretrained' / ImageNet only: keep the trunk's starting weights fixed
+    encoder_tune_stages: int | None = None  # ImageNet encoders: train only the last N trunk units (None: all)
     width: int = 128  # output width of the hypernetwork layer (and of the small CNN backbone)
     embedding_dim: int = 8  # learned modality embedding fed to the hypernetwork
     hyper_hidden: int = 32  # hidden units of the hypernetwork MLP
@@ -100,14 +103,14 @@ class VGGFeatures(nn.Module):
 
 
 def build_backbone(choice: str, in_channels: int, width: int, pretrained: bool = True,
-                   freeze: bool = False) -> tuple[nn.Module, str]:
-    """The image backbone and its resolved name (``vgg11``, ``small_cnn``, ``resnet`` or
-    ``pretrained``). ``pretrained=False``: VGG11 layers without the ImageNet weights, for a model
+                   freeze: bool = False, tune_stages: int | None = None) -> tuple[nn.Module, str]:
+    """The image backbone and its resolved name (``vgg11``, ``small_cnn``, or the
+    :mod:`core.models.encoders` name). ``pretrained=False``: VGG11 layers without the ImageNet weights, for a model
     whose weights come from a checkpoint."""
     if choice not in BACKBONES:
         raise MMXError(f"backbone={choice!r} is not one of {BACKBONES}")
-    if choice in ("resnet", "pretrained"):
-        return image_encoder(in_channels, width, 0.0, choice, freeze), choice
+    if choice in ("resnet", "pretrained", *IMAGENET):
+        return image_encoder(in_channels, width, 0.0, choice, freeze, tune_stages), choice
     weights = None if choice == "small_cnn" else cached_vgg11_weights()
     if choice == "vgg11" and (in_channels != 3 or (weights is None and pretrained)):
         raise MMXError("backbone='vgg11' needs 3-channel images and the ImageNet VGG11 weights in the torchvision "
@@ -164,7 +167,8 @@ class UniversalExtractor(nn.Module):
             raise MMXError("HyperMM shares one backbone across image modalities; "
                            f"their channel counts differ {channels}")
         self.backbone, self.backbone_name = (
-            build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained, cfg.freeze_encoder) if channels
+            build_backbone(cfg.backbone, channels.pop(), cfg.width, pretrained, cfg.freeze_encoder,
+                           cfg.encoder_tune_stages) if channels
             else (None, "none"))
         dim = self.backbone.out_features if self.backbone is not None else cfg.width
         self.adapters = nn.ModuleDict({m: OmicsEncoder(s.n_features, dim, cfg.adapter_dropout)

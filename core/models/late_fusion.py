@@ -23,9 +23,10 @@ class LateMLPConfig(DeepConfig):
 
 class LateFusionNet(Net):
     def __init__(self, specs, n_classes: int, latent: int, dropout: float, encoder: str = "small",
-                 freeze: bool = False):
+                 freeze: bool = False, tune_stages: int | None = None):
         super().__init__()
-        self.encoders = nn.ModuleDict({m: build_encoder(s, latent, dropout, encoder, freeze) for m, s in specs.items()})
+        self.encoders = nn.ModuleDict({m: build_encoder(s, latent, dropout, encoder, freeze, tune_stages)
+                                       for m, s in specs.items()})
         self.heads = nn.ModuleDict({m: nn.Linear(latent, n_classes) for m in specs})
 
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
@@ -43,4 +44,5 @@ class LateMLP(TorchMethod):
 
     def build_net(self) -> Net:
         cfg = self.config
-        return LateFusionNet(self.specs, self.n_classes, cfg.latent, cfg.dropout, cfg.encoder, cfg.freeze_encoder)
+        return LateFusionNet(self.specs, self.n_classes, cfg.latent, cfg.dropout, cfg.encoder, cfg.freeze_encoder,
+                             cfg.encoder_tune_stages)

@@ -137,7 +137,8 @@ def _same_mask_dropouts(net: nn.Module) -> nn.Module:
 
 def _encoders(specs: dict[str, ModalitySpec], cfg: FusionConfig) -> nn.ModuleDict:
     return _same_mask_dropouts(nn.ModuleDict({
-        m: build_encoder(s, cfg.latent_size(m, s), cfg.dropout, cfg.encoder, cfg.freeze_encoder)
+        m: build_encoder(s, cfg.latent_size(m, s), cfg.dropout, cfg.encoder, cfg.freeze_encoder,
+                         cfg.encoder_tune_stages)
         for m, s in specs.items()}))
 
 

@@ -36,6 +36,11 @@ class TrainConfig:
     patience: int | None = 20  # epochs without validation improvement; None: run all epochs
     monitor: str = "balanced_accuracy"  # a metric from core.metrics, or "loss"
     augment: bool = False  # random horizontal/vertical flips of images, training only
+    # also random resized crops (scale 0.5-1), 90-degree rotations and colour jitter, per image (torchvision v2)
+    strong_augment: bool = False
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
+    encoder_lr: float | None = None  # learning rate of image trunks that start from weights (None: lr)
+    cosine: bool = False  # cosine decay of the learning rate to 0 over ``epochs`` (instead of lr_step)
     class_weighted: bool = True
     eval_every: int = 1
     # True: no selection. Train on train + validation for exactly ``epochs`` epochs and keep the
@@ -88,6 +93,41 @@ def random_flips(x: dict[str, torch.Tensor], image_modalities: list[str], gen: t
         v = torch.where(h.to(v.device)[:, None, None, None], v.flip(-1), v)
         out[m] = torch.where(w.to(v.device)[:, None, None, None], v.flip(-2), v)
     return out
+
+
+def strong_augment(x: dict[str, torch.Tensor], image_modalities: list[str], gen: torch.Generator) -> dict:
+    """Per image: a random resized crop back to its size (scale 0.5-1), colour jitter, flips and a
+    90-degree rotation (square images). The crop and jitter draw from torch's seeded global generator."""
+    from torchvision.transforms import v2
+
+    out = dict(x)
+    for m in image_modalities:
+        v = out[m]
+        t = v2.Compose([v2.RandomResizedCrop(tuple(v.shape[-2:]), scale=(0.5, 1.0), antialias=True),
+                        v2.ColorJitter(0.2, 0.2, 0.2, 0.02)])
+        v = torch.stack([t(img) for img in v])
+        if v.shape[-1] == v.shape[-2]:
+            k = torch.randint(0, 4, (len(v),), generator=gen)
+            v = torch.stack([torch.rot90(img, int(r), (-2, -1)) for img, r in zip(v, k)])
+        out[m] = v
+    return random_flips(out, image_modalities, gen)
+
+
+def optimiser(net: nn.Module, cfg: TrainConfig, params: list[nn.Parameter] | None) -> torch.optim.Optimizer:
+    """Adam or AdamW over the trainable parameters; image trunks that start from weights (the
+    encoders' ``pretrained`` trunks) at ``encoder_lr`` when it is set."""
+    if cfg.optimizer not in ("adam", "adamw"):
+        raise MMXError(f"optimizer {cfg.optimizer!r} is not adam or adamw")
+    params = params if params is not None else [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": params}]
+    if cfg.encoder_lr is not None:
+        trunks = {id(p) for m in net.modules() if getattr(m, "pretrained", False) and hasattr(m, "trunk")
+                  for p in m.trunk.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in trunks]},
+                  {"params": [p for p in params if id(p) in trunks], "lr": cfg.encoder_lr}]
+        groups = [g for g in groups if g["params"]]
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def channels_last(module: nn.Module, device: torch.device) -> nn.Module:
@@ -205,9 +245,9 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     y = data.y[torch.as_tensor(train_idx)]
     weight = class_weights(y, data.n_classes).to(device) if cfg.class_weighted else None
-    opt = torch.optim.Adam(params if params is not None else [p for p in net.parameters() if p.requires_grad],
-                           lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step else None
+    opt = optimiser(net, cfg, params)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs) if cfg.cosine else
+             torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step else None)
     amp = device.type == "cuda"
     higher = cfg.monitor != "loss"
     best = (-np.inf if higher else np.inf, np.inf)
@@ -225,8 +265,11 @@ def fit(
             losses = []  # (loss, rows) per step, read back after the epoch: no device sync per step
             for idx in epoch_batches(train_idx, cfg.batch_size, gen, epoch, seed):
                 batch = resident.batch(idx) if resident else to_device(data.batch(idx), device)
-                if cfg.augment:
-                    batch["x"] = random_flips(batch["x"], [m for m, s in data.specs.items() if s.kind == "image"], gen)
+                images = [m for m, s in data.specs.items() if s.kind == "image"]
+                if cfg.strong_augment:
+                    batch["x"] = strong_augment(batch["x"], images, gen)
+                elif cfg.augment:
+                    batch["x"] = random_flips(batch["x"], images, gen)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = forward(batch, True)
                     loss, _ = net.loss(out, batch["y"], weight)

@@ -1,6 +1,9 @@
 """One sample's explanation as a zip: every figure (HTML, plus PNG and SVG where this machine can
 render them), every table as CSV, and ``report.json`` with the model card, the inputs' hashes and
-the mask settings, so a figure can be traced back to exactly what produced it."""
+the mask settings, so a figure can be traced back to exactly what produced it.
+
+It sits above :mod:`core.explain` (which computes) and :mod:`core.viz` (which draws arrays): it asks
+the one for the sample's explanations and the other for their figures."""
 from __future__ import annotations
 
 import io
