@@ -15,11 +15,18 @@ server): what a user waits for after a click, on this machine's CPU.
    ``.run()``, and one that only imports the page's modules, to show what is import time). Then as a
    user sees it: ``streamlit run`` started and the Home page opened in chromium (already running),
    timed until the page is drawn (title and text) and until it is complete (tables, chart). Goal <= 5 s.
+   Then "What would change it" (Explainers page), per sample (``--counterfactuals`` random test
+   samples): the minimal flip and keep sets grown in the order of each default explainer (learned
+   map, IG, Occlusion, GradientSHAP) and a random order, pruned, verified, and over whole modalities,
+   mean fill, half the units at most. The sample's explanations are given (the page has already
+   computed them, cached, for the maps above the section); their time is reported apart. Goal: p95
+   of the search <= 1 s.
 3. One-off (cached per model or per click in the app): ``masking_effects`` and ``cohort_explain``
    over the test split, and ``sample_report`` (the "Download report" zip) of one sample.
 
     python bench/dashboard_latency.py [--models cells/mm_dynamics,derm7pt/mm_dynamics,pbc/cnn] [--n 200]
-                                      [--threads 1] [--warmup 10] [--curves 30] [--seed 0]
+                                      [--threads 1] [--warmup 10] [--curves 30] [--counterfactuals 30]
+                                      [--seed 0]
                                       [--cold-repeats 3]
                                       [--skip-cold] [--skip-oneoff] [--out results/bench/dashboard.md]
 
@@ -46,7 +53,10 @@ import plotly.io as pio  # noqa: E402
 import torch  # noqa: E402
 
 from core.errors import MMXError  # noqa: E402
+from core.explain.attributions import EXPLAINERS, differentiable  # noqa: E402
 from core.explain.cohort import cohort_explain, masking_effects  # noqa: E402
+from core.explain.counterfactual import counterfactuals  # noqa: E402
+from core.explain.faithfulness import LEARNED, explanations  # noqa: E402
 from core.explain.live import (  # noqa: E402
     ABSENT,
     Masking,
@@ -64,6 +74,7 @@ from core.report import sample_report  # noqa: E402
 
 GOAL_LIVE_MS = 150.0
 GOAL_COLD_S = 5.0
+GOAL_COUNTERFACTUAL_S = 1.0
 APP = ("from streamlit.testing.v1 import AppTest; "
        "at = AppTest.from_file('dashboard/Home.py', default_timeout=120)")
 PAGE_IMPORTS = ("import streamlit, plotly.graph_objects, torch, pandas, core.data.tasks, core.shipped, "
@@ -153,6 +164,29 @@ def time_curves(m: Method, cohort: Cohort, n: int, seed: int) -> dict[str, np.nd
         curve.append(t1 - t0)
         both.append(time.perf_counter() - t1)
     return {"curve": 1000 * np.array(curve), "both": 1000 * np.array(both)}
+
+
+def time_counterfactuals(m: Method, cohort: Cohort, n: int, seed: int) -> dict[str, np.ndarray] | None:
+    """Ms per sample of the explanations the page shows (computed once, cached) and of the
+    counterfactual search given them; None for a model captum cannot explain."""
+    try:
+        differentiable(m)
+    except MMXError:
+        return None
+    base = live_predict(m, cohort.sample(0)).unmasked
+    names = ((LEARNED,) if base.feature_scores or base.patch_maps else ()) + tuple(
+        e for e in EXPLAINERS if e != "feature_ablation")
+    rng = np.random.default_rng(seed)
+    explain, search = [], []
+    for pos in rng.choice(len(cohort.idx), min(n, len(cohort.idx)), replace=False):
+        s = cohort.sample(int(pos))
+        t0 = time.perf_counter()
+        explained = explanations(m, s.data, None, names)[0]
+        t1 = time.perf_counter()
+        counterfactuals(m, s.data, 0, explained)
+        explain.append(t1 - t0)
+        search.append(time.perf_counter() - t1)
+    return {"explanations": 1000 * np.array(explain), "search": 1000 * np.array(search)}
 
 
 def stats(v: np.ndarray) -> str:
@@ -252,6 +286,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="timed toggles per model")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--curves", type=int, default=30, help="samples timed for the patch-ablation curve")
+    ap.add_argument("--counterfactuals", type=int, default=30,
+                    help="samples timed for the counterfactual search (What would change it)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cold-repeats", type=int, default=3)
@@ -276,7 +312,7 @@ def main() -> None:
         f"{args.warmup} warm-up, ms")
     say(f"{'model':<22} {'p50':>8} {'p95':>8} {'mean':>8} | {'predict p50':>11} {'figures p50':>11} "
         f"{'+JSON p95':>9} {'samples':>7}")
-    models, verdicts, kinds, curves = {}, [], [], []
+    models, verdicts, kinds, curves, searches = {}, [], [], [], []
     for key in args.models.split(","):
         task, name = key.split("/")
         try:
@@ -297,6 +333,13 @@ def main() -> None:
         if c is not None:
             curves += [f"{key:<22} {'patch-ablation curve':<28} {len(c['curve']):5d} {stats(c['curve'])}",
                        f"{key:<22} {'live_predict, none cached':<28} {len(c['both']):5d} {stats(c['both'])}"]
+        cf = time_counterfactuals(m, cohort, args.counterfactuals, args.seed)
+        if cf is not None:
+            p95 = float(np.percentile(cf["search"], 95)) / 1000
+            searches += [f"{key:<22} {'explanations (cached)':<24} {len(cf['search']):5d} {stats(cf['explanations'])}",
+                         f"{key:<22} {'search given them':<24} {len(cf['search']):5d} {stats(cf['search'])}",
+                         f"{key}: search p95 {p95:.2f} s, goal <= {GOAL_COUNTERFACTUAL_S:.0f} s "
+                         f"{'met' if p95 <= GOAL_COUNTERFACTUAL_S else 'NOT met'}"]
     say()
     for v in verdicts:
         say(v)
@@ -310,6 +353,12 @@ def main() -> None:
         "cached (unmasked + masked), ms")
     say(f"{'model':<22} {'call':<28} {'count':>5} {'p50':>8} {'p95':>8} {'mean':>8}")
     for line in curves:
+        say(line)
+    say()
+    say("per sample: What would change it (minimal flip and keep sets, every default explainer + random, and "
+        "whole modalities), ms")
+    say(f"{'model':<22} {'call':<24} {'count':>5} {'p50':>8} {'p95':>8} {'mean':>8}")
+    for line in searches:
         say(line)
     say(f"load average after part 1: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -60,7 +60,7 @@ _CELL_GUIDE = {k: {"latent_sizes": CELL_LATENTS, "scaling": CELL_SCALING, **cfg}
 # the small CNN backbone, named: "auto" would take VGG11 (35 MB of frozen weights per checkpoint) on a
 # machine that has the ImageNet weights cached, so the release would depend on the machine
 _HYPERMM = {**hypermm_config(), "backbone": "small_cnn"}
-_DERM_CNN = next(r for r in DERM_CNN_ROWS if r.method == "cnn")
+_DERM_CNN = next(r for r in DERM_CNN_ROWS if r.method == "cnn" and r.config.get("encoder") == "efficientnet_lite0")
 
 RELEASE: tuple[Release, ...] = (
     Release("cells", "mm_dynamics", "mm_dynamics", P_R_I, CELLS_TRAIN, "MM dynamics: protein + RNA + image",
@@ -88,8 +88,9 @@ RELEASE: tuple[Release, ...] = (
     Release("derm7pt", "guidance_clinic_by_derm", "guidance", ("clinic", "derm"), DERM_CONFIG,
             "Guidance: clinical photo guided by dermoscopy (predicts from the clinical photo)", DERM_IMAGE_SIZE,
             "results/derm7pt/guidance.md"),
-    Release("derm7pt", "cnn", "cnn", _DERM_CNN.modalities, _DERM_CNN.config, "CNN: dermoscopic photo",
-            DERM_IMAGE_SIZE, "results/derm7pt/image_only.md"),
+    Release("derm7pt", "cnn", "cnn", _DERM_CNN.modalities, _DERM_CNN.config,
+            "CNN (EfficientNet-Lite0 from ImageNet): dermoscopic photo", _DERM_CNN.image_size,
+            "results/derm7pt/image_only.md"),
     Release("pbc", "cnn", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}, "CNN (ResNet): blood-cell image",
             recipe="results/pbc/cnn.md"),
 )

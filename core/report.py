@@ -16,6 +16,10 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from core.calibration import Conformal
+from core.errors import MMXError
+from core.explain.attributions import differentiable
+from core.explain.counterfactual import counterfactuals
+from core.explain.faithfulness import LEARNED, explanations
 from core.explain.live import Masking, live_predict, patch_ablation, patch_grid, patch_size
 from core.explain.sample import Sample
 from core.models.base import Method
@@ -26,6 +30,7 @@ from core.viz.explain import (
     probability_figure,
     top_features_figure,
 )
+from core.viz.counterfactual import mask_sets_figure
 from core.viz.export import figure_bytes, static_export_available
 
 
@@ -70,12 +75,31 @@ def sample_items(method: Method, sample: Sample, masking: Masking | None = None,
             top = info.classes[int(info.proba[0].argmax())]
             items[f"patch_ablation_{m}"] = patch_curve_figure(curve, rows * cols, target=top)
             items[f"patch_ablation_{m}_table"] = curve
+    items.update(counterfactual_items(method, sample, info))
     if info.modality_weights:
         w = {m: float(v[0]) for m, v in info.modality_weights.items()}
         items["modality_weights"] = modality_weights_figure(w, {m: v[0] for m, v in info.modality_proba.items()},
                                                             info.classes)
         items["modality_weights_table"] = pd.DataFrame({"modality": list(w), "weight": list(w.values())})
     return items
+
+
+def counterfactual_items(method: Method, sample: Sample, info) -> dict[str, go.Figure | pd.DataFrame]:
+    """What would change the answer: the minimal flip and keep sets grown in the learned map's order (when
+    the model has one), integrated gradients' and a random order, and over whole modalities."""
+    try:
+        diff = differentiable(method)
+    except MMXError:  # not a network (the scikit-learn baselines): no masks to search
+        return {}
+    orders = ((LEARNED,) if info.feature_scores or info.patch_maps else ()) + ("integrated_gradients",)
+    explained, _ = explanations(method, sample.data, None, orders)
+    cf = counterfactuals(method, sample.data, 0, explained)
+    names = {m: s.feature_names for m, s in diff.method.specs.items() if s.kind == "omics"}
+    cols = {m: patch_grid(method, m)[1] for m, s in method.specs.items() if s.kind == "image"}
+    table = cf.table(names, cols)
+    return {"what_would_change_it": mask_sets_figure(table[table["kind"] == "flip"],
+                                                     "Smallest masks that change the answer"),
+            "what_would_change_it_table": table}
 
 
 def report_zip(items: dict[str, go.Figure | pd.DataFrame], meta: dict) -> bytes:

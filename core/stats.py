@@ -165,3 +165,18 @@ def relative_change(runs_new: Sequence[Mapping], runs_base: Sequence[Mapping], m
     """Interval of ``(metric(new) - metric(base)) / metric(base)`` (a fraction; x100 for %)."""
     return bootstrap({"new": runs_new, "base": runs_base}, metric,
                      lambda m: (m["new"] - m["base"]) / np.where(m["base"] == 0, np.nan, m["base"]), **kw)
+
+
+def paired_median_difference(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                             level: float = LEVEL) -> Interval:
+    """Interval of ``median(a) - median(b)`` for values paired by sample (e.g. two explainers' flip-set
+    sizes on the same samples): the samples resampled with replacement, the same draws for both."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if not len(a):
+        return Interval(float("nan"), float("nan"), float("nan"), level)
+    idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
+    reps = np.median(a[idx], 1) - np.median(b[idx], 1)
+    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
+    return Interval(float(np.median(a) - np.median(b)), float(lo), float(hi), level)

@@ -202,3 +202,17 @@ def _curves(key: str, names: tuple[str, ...], _method, _sample, _explained):
 def sample_curves(cur: Current, names: tuple[str, ...]):
     """The sample's deletion and insertion curves for each explainer and a seeded random order."""
     return _curves(cur.key, names, cur.method, cur.sample, sample_explanations(cur, names)[0])
+
+
+@st.cache_data(max_entries=32, show_spinner="Searching the smallest masks that change the answer…")
+def _counterfactuals(key: str, names: tuple[str, ...], fill: str, budget: float, _method, _sample, _explained):
+    from core.explain.counterfactual import counterfactuals
+
+    return counterfactuals(_method, _sample.data, 0, _explained, fill=fill, budget=budget)
+
+
+def sample_counterfactuals(cur: Current, names: tuple[str, ...], fill: str, budget: float):
+    """The sample's minimal flip and keep sets in the order of each of ``names``, a random order, and
+    over whole modalities (:mod:`core.explain.counterfactual`)."""
+    explained = sample_explanations(cur, names)[0]
+    return _counterfactuals(cur.key, names, fill, budget, cur.method, cur.sample, explained)

@@ -53,6 +53,11 @@ def _read(model_key: str, images: tuple[tuple[str, str, bytes], ...], table: tup
     return read_upload(load_model(task, name), {m: (n, b) for m, n, b in images}, table)
 
 
+def keep_choice() -> None:
+    """Keep the model and sample through a run that draws no sidebar (e.g. one that switches page)."""
+    _keep("model", "source", "class_filter", *[k for k in st.session_state if str(k).startswith("sample:")])
+
+
 def _from_link(models: dict) -> None:
     """A new session (a reload, a shared link) starts from the model and sample in its address."""
     if "_linked" in st.session_state:
@@ -76,7 +81,7 @@ def sidebar(samples: bool = True) -> Current | None:
     """Draw the picker; the chosen model and sample, or None (and a message) when there is none.
     ``samples=False`` (the Home page) shows the model choice only and loads nothing."""
     models = {f"{m.task}/{m.name}": m for m in shipped_models() if m.error is None}
-    _keep("model", "source", "class_filter", *[k for k in st.session_state if str(k).startswith("sample:")])
+    keep_choice()
     _from_link(models)
     with st.sidebar:
         st.header("Model and sample")

@@ -313,6 +313,24 @@ def test_every_page_in_a_real_browser(app, data_dir, tmp_path):
             assert title in titles, titles
         screenshot(page, shots, "7_explainers")
 
+        # What would change it: a minimal flip set (patches or whole modalities), applied to Predict's live masks.
+        section = page.get_by_role("heading", name="What would change it")
+        section.wait_for(timeout=FIRST_LOAD_MS)
+        section.scroll_into_view_if_needed()
+        apply = page.get_by_role("button", name=re.compile("Apply on Predict"))
+        apply.first.wait_for(timeout=FIRST_LOAD_MS)
+        settle(page)
+        screenshot(page, shots, "7b_what_would_change_it")
+        apply.first.click()
+        page.get_by_role("heading", name=TITLES["Predict"], exact=True).wait_for(timeout=FIRST_LOAD_MS)
+        page.get_by_text("Masked: predicted class", exact=True).wait_for(timeout=FIRST_LOAD_MS)
+        settle(page)
+        healthy(page, "Predict with a minimal flip set applied")
+        same_app(page, "Predict after Apply")
+        patches = page.get_by_role("textbox", name=re.compile("^patches of")).first.input_value().strip()
+        assert patches or page.get_by_text(re.compile("switched off as")).count(), "Apply masked nothing"
+        screenshot(page, shots, "7c_predict_flip_set_applied")
+
         # Missing modalities: keep the image only; every compared model answers again.
         open_page(page, "Missing modalities", FIRST_LOAD_MS)
         page.get_by_text("Left out: nothing.", exact=True).wait_for()

@@ -237,3 +237,38 @@ def test_exported_html_opens_offline(tmp_path):
     (path,) = save_figure(fig, tmp_path / "fig", formats=("html",))
     saved = path.read_text()  # the same export (only plotly's random div id differs)
     assert len(saved) > 1_000_000 and not re.search(r"<script[^>]*\bsrc=", saved)
+
+
+def test_what_would_change_it_draws_each_explainers_set_and_applies_it_on_predict(data_dir):
+    at = _page(_app("derm7pt/mm_dynamics"), "views/explainers.py")
+    assert not at.error, [e.value for e in at.error]
+    sets = _table_with(at, "becomes")
+    assert set(sets["kind"]) == {"flip"} and {"Random", "Integrated Gradients"} <= set(sets["explainer"])
+    assert set(sets["modality"]) >= {"clinic", "derm", "modalities"}
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Integrated Gradients: ") for t in titles), titles
+    found = sets[(sets["found"]) & (sets["modality"] == "derm") & (sets["explainer"] != "Random")]
+    assert len(found), sets
+    row = found.iloc[0]
+    key = {"Learned FI": "learned", "Integrated Gradients": "integrated_gradients", "Occlusion": "occlusion",
+           "GradientSHAP": "gradient_shap"}[row["explainer"]]
+    at.button(key=f"cf_apply:derm:{key}").click().run()
+    assert not at.exception, at.exception
+    patches = at.text_input(key="patches:derm").value
+    assert patches and len(patches.split(",")) == row["size"]
+    labels = _metrics(at)
+    assert "Masked: predicted class" in labels  # Predict shows the set applied to its live masks
+    assert labels["Masked: predicted class"] == row["becomes"]
+
+
+def test_what_would_change_it_lets_a_feature_set_be_edited(data_dir):
+    at = _page(_app("cells/mm_dynamics_protein+rna"), "views/explainers.py")
+    assert not at.error, [e.value for e in at.error]
+    at.radio(key="cf_kind").set_value("keep").run()
+    sets = _table_with(at, "becomes")
+    kept = sets[sets["found"]]
+    assert set(sets["kind"]) == {"keep"} and len(kept) and (kept["becomes"] == kept["predicted"]).all()
+    edits = [m for m in at.multiselect if str(m.key).startswith("cf_edit:")]
+    assert edits
+    edits[0].set_value([]).run()  # keep nothing of that modality: the page says what the model answers then
+    assert any("With these 0 features alone" in md.value for md in at.markdown)

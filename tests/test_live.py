@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -230,7 +231,11 @@ def test_report_zip_traces_the_figures_back(cells_model, cells_cohort):
     z = zipfile.ZipFile(io.BytesIO(sample_report(cells_model, s, masking)))
     names = set(z.namelist())
     assert {"report.json", "probabilities.html", "probabilities_table.csv", "patch_map_image.html",
-            "top_rna_table.csv", "modality_weights.html", "plotly.min.js"} <= names
+            "top_rna_table.csv", "modality_weights.html", "plotly.min.js", "what_would_change_it.html",
+            "what_would_change_it_table.csv"} <= names
+    sets = pd.read_csv(io.BytesIO(z.read("what_would_change_it_table.csv")))
+    assert {"Learned FI", "Integrated Gradients", "Random"} <= set(sets["explainer"]) and set(sets["kind"]) == {
+        "flip", "keep"}
     meta = json.loads(z.read("report.json"))
     assert meta["masking"]["off"] == {"protein": "absent"} and meta["masking"]["patches"] == {"image": [1, 2]}
     assert meta["model"]["name"] == "mm_dynamics" and meta["sample"]["id"] == s.id

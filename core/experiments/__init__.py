@@ -33,6 +33,27 @@ def register_experiment(name: str, description: str):
     return deco
 
 
+def register_per_task(name: str, tasks, describe, run, *, one_thread: bool = False) -> None:
+    """Register ``<task>/<name>`` for each of ``tasks``, described by ``describe(task)``, running
+    ``run(task, out_dir, device, data_dir)``: the experiments that read a task's shipped models.
+    ``one_thread``: one torch intra-op thread on a CPU, as the timed tables (restored after)."""
+    for task in tasks:
+        def fn(out_dir="results", device="auto", data_dir=None, progress=False, task=task) -> list:
+            import torch
+
+            from core.train.device import resolve_device
+
+            before = torch.get_num_threads()
+            if one_thread and resolve_device(device).type == "cpu":
+                torch.set_num_threads(1)
+            try:
+                return run(task, out_dir, device, data_dir)
+            finally:
+                torch.set_num_threads(before)
+
+        register_experiment(f"{task}/{name}", describe(task))(fn)
+
+
 def list_experiments() -> list[Experiment]:
     _import_all()
     return sorted(_REGISTRY.values(), key=lambda e: e.name)

@@ -19,7 +19,7 @@ import torch
 from core.calibration import CONFIDENCE, calibration_parts, calibration_record, reliability
 from core.errors import MMXError
 from core.evaluate import card_split, predictable
-from core.experiments import command, register_experiment
+from core.experiments import command, register_per_task
 from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
 from core.shipped import available, load, weights_of
 from core.train.device import resolve_device
@@ -111,12 +111,6 @@ def run_calibration(task: str, out_dir: str | Path = "results", device: str = "a
     return [base.with_suffix(".md"), base.with_suffix(".json"), *figures]
 
 
-def _register(task: str) -> None:
-    @register_experiment(f"{task}/calibration", f"{task}: ECE, temperature scaling and 90 % conformal sets of every "
-                                                "shipped model (recorded in the cards)")
-    def run(out_dir="results", device="auto", data_dir=None, progress=False, task=task) -> list[Path]:
-        return run_calibration(task, out_dir, device, data_dir)
-
-
-for _task in TASKS:
-    _register(_task)
+register_per_task("calibration", TASKS, lambda task: f"{task}: ECE, temperature scaling and 90 % conformal sets "
+                                                    "of every shipped model (measured again; the cards are left alone)",
+                  run_calibration)

@@ -63,7 +63,7 @@ def run(name: str, task: str, out_dir: str | Path, device: str, data_dir: str | 
     """Explain a seeded subsample of the model's test split with every explainer, trace the curves
     and write ``<out_dir>/<task>/faithfulness.{md,json}`` and the curves figure."""
     t0 = time.perf_counter()
-    method, data, test, source = _model(task, data_dir, device)
+    method, data, test, source = shipped_model(task, data_dir, device)
     n = min(SAMPLES.get(task, SAMPLES["demo"]), len(test))
     idx = test[np.sort(np.random.default_rng(SEED).choice(len(test), n, replace=False))]
     result = faithfulness(method, data, idx, (LEARNED, *EXPLAINERS), steps=steps, seed=SEED, attribution=ATTRIBUTION)
@@ -85,8 +85,10 @@ def run(name: str, task: str, out_dir: str | Path, device: str, data_dir: str | 
     return [base.with_suffix(".md"), base.with_suffix(".json"), *figures]
 
 
-def _model(task: str, data_dir: str | None, device: str) -> tuple[Method, MultimodalDataset, np.ndarray, str]:
-    """The model, its data and test rows: the shipped checkpoint, or a quick fit on ``demo``."""
+def shipped_model(task: str, data_dir: str | None, device: str,
+                  name: str = "mm_dynamics") -> tuple[Method, MultimodalDataset, np.ndarray, str]:
+    """The model, its data and test rows: the shipped checkpoint ``<task>/<name>``, or a quick MM
+    dynamics fit on ``demo``."""
     if task == "demo":
         td = get_task(task, data_dir)
         split = td.splits[td.default_split][0]
@@ -95,10 +97,10 @@ def _model(task: str, data_dir: str | None, device: str) -> tuple[Method, Multim
         return (method, td.dataset, np.asarray(split.test),
                 f"MM dynamics trained for {DEMO_TRAIN['epochs']} epochs on the synthetic demo task, test part of "
                 f"split {split.name}")
-    method = load(task, "mm_dynamics", device=str(resolve_device(device)))
+    method = load(task, name, device=str(resolve_device(device)))
     cohort = heldout_cohort(method, data_dir)
     return (method, cohort.data, np.asarray(cohort.idx),
-            f"shipped checkpoint `checkpoints/{task}/mm_dynamics`, {cohort.source} ({method.card['split']['name']})")
+            f"shipped checkpoint `checkpoints/{task}/{name}`, {cohort.source} ({method.card['split']['name']})")
 
 
 def _markdown(result: Faithfulness, data: MultimodalDataset, cmd: str, seconds: float, setting: dict,

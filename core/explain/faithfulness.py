@@ -244,22 +244,33 @@ def _masked(diff: Differentiable, j: int, x: torch.Tensor, base: torch.Tensor, o
     return torch.where(sel, base, x) if curve == "deletion" else torch.where(sel, x, base)
 
 
-@torch.no_grad()
 def _proba(diff: Differentiable, inputs: tuple, present: tuple, variants: list[torch.Tensor], j: int,
            target: torch.Tensor) -> list[np.ndarray]:
-    """The target class's probability with input ``j`` replaced by each of ``variants`` (the other
-    inputs unchanged), in forward passes of at most about :data:`~core.explain.attributions.ROWS` rows."""
-    n = len(target)
+    """The target class's probability with input ``j`` replaced by each of ``variants``."""
+    proba = variant_proba(diff, inputs, present, variants, j)
+    return list(np.take_along_axis(proba, target.numpy()[None, :, None], 2)[:, :, 0])
+
+
+@torch.no_grad()
+def variant_proba(diff: Differentiable, inputs: tuple, present: tuple, variants: list[torch.Tensor], j: int,
+                  presences: list[tuple] | None = None) -> np.ndarray:
+    """``V x N x C`` class probabilities with input ``j`` replaced by each of the ``V`` variants (the
+    other inputs unchanged; ``j=None``: each variant is the whole input tuple), presence optionally
+    per variant; in forward passes of at most about :data:`~core.explain.attributions.ROWS` rows."""
+    n = len(present[0])
     per_pass = max(1, ROWS // n)
     out = []
     for s in range(0, len(variants), per_pass):
         group = variants[s:s + per_pass]
-        x = tuple(torch.cat(group) if i == j else v.repeat(len(group), *[1] * (v.ndim - 1))
-                  for i, v in enumerate(inputs))
-        p = tuple(v.repeat(len(group)) for v in present)
-        proba = diff.proba(*x, *p).cpu()
-        out += list(proba.gather(1, target.repeat(len(group))[:, None])[:, 0].view(len(group), n).numpy())
-    return out
+        if j is None:
+            x = tuple(torch.cat([g[i] for g in group]) for i in range(len(inputs)))
+        else:
+            x = tuple(torch.cat(group) if i == j else v.repeat(len(group), *[1] * (v.ndim - 1))
+                      for i, v in enumerate(inputs))
+        pres = presences[s:s + per_pass] if presences is not None else [present] * len(group)
+        p = tuple(torch.cat([q[i] for q in pres]) for i in range(len(present)))
+        out.append(diff.proba(*x, *p).cpu().view(len(group), n, -1).numpy())
+    return np.concatenate(out)
 
 
 def _n_units(method: Method, modality: str) -> int:

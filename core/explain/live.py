@@ -21,13 +21,13 @@ from core.explain.informativeness import Informativeness, explain
 from core.explain.sample import Sample
 from core.models.base import Method
 from core.models.masking import (
-    DEFAULT_PATCH,
     IMAGE_MODES,
     OMICS_MODES,
     PATCH_FILLS,
     MaskSpec,
     RowMaskMismatch,
     RowMasks,
+    default_patch,
 )
 
 ABSENT = "absent"  # a switched-off modality treated as missing (the model's own handling), not masked
@@ -86,8 +86,11 @@ class Masking:
 
 
 def patch_size(method: Method) -> int:
-    """Pixels per patch side: the model's own grid (MM dynamics' gate), else the default grid."""
-    return int(getattr(method.config, "patch_size", None) or DEFAULT_PATCH)
+    """Pixels per patch side: the model's own grid (MM dynamics' gate), else the default grid for its
+    largest image (:func:`~core.models.masking.default_patch`)."""
+    own = getattr(method.config, "patch_size", None)
+    sides = [max(s.image_shape[1:]) for s in method.specs.values() if s.kind == "image"]
+    return int(own or default_patch(max(sides, default=0)))
 
 
 def patch_grid(method: Method, modality: str) -> tuple[int, int]:

@@ -4,7 +4,7 @@ Images: ``gray`` (uniform 0.5, the seed study's), ``zeros``, ``blur``, ``mean`` 
 mean image), ``patches`` (listed patches filled, by default gray; ``keep=True`` fills every
 other patch instead) and ``topk`` (the k most informative patches by the model's own map
 filled). As text: ``gray``, ``topk:8``, ``patches:0,17,33``. Patches live on the model's own
-patch grid (its ``patch_size``; 4 px for models without one). Omics: ``zeros`` (after
+patch grid (its ``patch_size``; 16 patches a side, at least 4 px, for models without one). Omics: ``zeros`` (after
 scaling) or ``mean`` (the training mean). Only the masked modalities change; presence is left
 as it is (masking is not missingness). A :class:`RowMasks` masks each data row its own way, so
 the masked variants of one sample run as one batch.
@@ -22,7 +22,13 @@ from core.data.dataset import ModalitySpec
 from core.errors import MMXError
 from core.models.unet_gate import expand_patches
 
-DEFAULT_PATCH = 4  # pixels per patch side for models without a patch grid of their own
+DEFAULT_PATCH = 4  # pixels per patch side, at least, for models without a patch grid of their own
+
+
+def default_patch(side: int) -> int:
+    """Patch side for a model without a grid of its own: 16 patches a side (4 px up to 64 px images),
+    so explaining a 224 px image stays 256 patches, not 3,136."""
+    return max(DEFAULT_PATCH, side // 16)
 IMAGE_MODES = ("gray", "zeros", "blur", "mean", "patches", "topk")
 PATCH_FILLS = ("gray", "zeros", "blur", "mean")  # what a masked patch holds
 OMICS_MODES = ("zeros", "mean")
@@ -79,7 +85,7 @@ def _spec(value: str | MaskSpec, where: str) -> MaskSpec:
 def parse_mask(mask: dict[str, str | Mask] | None, specs: dict[str, ModalitySpec],
                patch_size: int | None = None) -> dict[str, Mask]:
     """Normalise ``{"image": "gray"}``-style input, check modes against modality kinds and put
-    patch masks on the model's patch grid (``patch_size``; None: a model without one, 4 px)."""
+    patch masks on the model's patch grid (``patch_size``; None: a model without one, :func:`default_patch`)."""
     out: dict[str, Mask] = {}
     for m, v in (mask or {}).items():
         if m not in specs:
@@ -109,7 +115,7 @@ def _checked(spec: MaskSpec, m: str, modality: ModalitySpec, patch_size: int | N
         raise MMXError(f"mask {m}=topk: patch size {spec.patch_size} differs from the model's map "
                        f"({patch_size} px)")
     if spec.mode in ("patches", "topk") and spec.patch_size is None:
-        spec = dataclasses.replace(spec, patch_size=patch_size or DEFAULT_PATCH)
+        spec = dataclasses.replace(spec, patch_size=patch_size or default_patch(max(modality.image_shape[1:])))
     return spec
 
 
@@ -171,7 +177,7 @@ def apply_mask(x: dict[str, torch.Tensor], mask: dict[str, Mask], training_mean=
             if v.ndim != 4:
                 raise MMXError(f"patch masking of {m!r} needs images (N x C x H x W), not shape {tuple(v.shape)}")
             n, _, h, w = v.shape
-            p = spec.patch_size or DEFAULT_PATCH
+            p = spec.patch_size or default_patch(max(h, w))
             if spec.mode == "patches":
                 cells = -(-h // p) * -(-w // p)
                 if any(i >= cells for i in spec.patches):

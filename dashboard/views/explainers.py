@@ -1,24 +1,110 @@
 """Explainers: the learned informativeness map beside captum's attributions (Integrated Gradients,
 Occlusion, GradientSHAP, Feature Ablation) for the current sample, on one colour scale; how
-faithful each is for this sample (deletion / insertion curves); and over the test split (the
-committed faithfulness table)."""
+faithful each is for this sample (deletion / insertion curves); what would change it (the smallest
+masks that flip or keep the answer, per explainer); the sanity checks' flags; and over the test
+split (the committed faithfulness table)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 from common import figure, show_error, show_prediction_set, table
-from explained import sample_curves, sample_explanations, unmasked
-from picker import IMAGE_NAMES, page
+from explained import results_payload, sample_counterfactuals, sample_curves, sample_explanations, unmasked
+from picker import IMAGE_NAMES, keep_choice, page
 
 from core.errors import MMXError
 from core.explain.attributions import EXPLAINERS, differentiable
 from core.explain.faithfulness import CURVES, LEARNED, NAMES, RANDOM
-from core.explain.live import patch_size
+from core.explain.counterfactual import MODALITIES, try_set
+from core.explain.live import patch_grid, patch_size
+from core.shipped import stale_weights
 from core.paths import REPO_ROOT
 from core.results_index import Figure, read_report
 from core.viz.explain import patch_map_figure
 from core.viz.faithfulness import curves_figure
+
+
+def what_would_change_it(cur, names: tuple[str, ...], explained: dict) -> None:
+    """The smallest masks that change (or keep) the answer, grown in each explainer's order, drawn and
+    listed; image and modality sets can be applied to the live masks of Predict, feature sets edited here."""
+    st.subheader("What would change it")
+    c1, c2, c3 = st.columns(3)
+    kind = c1.radio("question", ("flip", "keep"), horizontal=True, key="cf_kind",
+                    format_func={"flip": "least to take away to change it", "keep": "least that alone keeps it"}.get)
+    fill = c2.selectbox("masked with", ("mean", "zeros", "absent"), key="cf_fill",
+                        help="units: the training mean or zeros (after scaling); whole modalities may also be absent "
+                             "(the model's own handling; units then take the mean)")
+    budget = c3.slider("at most this share of a modality's units", 0.1, 1.0, 0.5, 0.1, key="cf_budget")
+    try:
+        cf = sample_counterfactuals(cur, names, fill, budget)
+    except Exception as e:
+        show_error(e)
+        return
+    method, sample = cur.method, cur.sample
+    feature_names = {m: s.feature_names for m, s in method.specs.items() if s.kind == "omics"}
+    cols = {m: patch_grid(method, m)[1] for m, s in method.specs.items() if s.kind == "image"}
+    frame = cf.table(feature_names, cols)
+    frame = frame[frame["kind"] == kind]
+    top = cur.method.classes[next(iter(cf.sets.values())).original]
+    st.caption(f"Each set grows in an explainer's order until masking it (or keeping only it) "
+               f"{'changes' if kind == 'flip' else 'keeps'} the predicted class **{top}**, then loses every unit it "
+               "can spare, and is checked by a forward pass. Smaller means the explainer found what the model relies "
+               f"on; Random is a seeded random order. Searched in {cf.seconds:.2f} s.")
+    for m in [m for m in method.predicts_from() if m in sample.present and m in cols]:
+        sets = {e: s for (mm, e, k), s in cf.sets.items() if mm == m and k == kind}
+        grid_cols = st.columns(min(len(sets), 3) or 1)
+        for i, (e, s) in enumerate(sets.items()):
+            head = (f"{NAMES.get(e, e)}: {s.size} patches ({100 * s.share:.0f}%) → {method.classes[s.result]}"
+                    if s.found else f"{NAMES.get(e, e)}: none within {100 * budget:.0f}%")
+            with grid_cols[i % len(grid_cols)]:
+                figure(patch_map_figure(sample.image(m), None, patch_size(method), selected=s.units, title=head,
+                                        show_grid=False), f"what_would_change_it_{m}_{e}_{kind}", key=f"cf:{m}:{e}")
+                if s.found:
+                    st.button("Apply on Predict", key=f"cf_apply:{m}:{e}", on_click=_apply_patches,
+                              args=(m, s.units, kind, fill), icon=":material/edit:")
+    for m in [m for m in method.predicts_from() if m in sample.present and m in feature_names]:
+        sets = {e: s for (mm, e, k), s in cf.sets.items() if mm == m and k == kind and s.found}
+        if sets:
+            with st.expander(f"{m}: try or edit a set"):
+                e = st.selectbox("start from", list(sets), key=f"cf_from:{m}", format_func=lambda v: NAMES.get(v, v))
+                chosen = st.multiselect(f"{m} features {'masked' if kind == 'flip' else 'kept'}",
+                                        list(range(len(feature_names[m]))), default=list(sets[e].units),
+                                        format_func=lambda i: feature_names[m][i], key=f"cf_edit:{m}:{e}:{kind}")
+                proba = try_set(method, sample.data, 0, m, chosen, kind, fill)
+                st.markdown(f"With these {len(chosen)} features {'masked' if kind == 'flip' else 'alone'}: "
+                            f"**{method.classes[int(proba.argmax())]}** (p = {100 * float(proba.max()):.1f}%), "
+                            f"p({top}) = {100 * float(proba[method.classes.index(top)]):.1f}%.")
+    mods = cf.sets.get((MODALITIES, "exact", kind))
+    if mods is not None:
+        st.markdown(("Whole modalities: " + (f"{' + '.join(mods.units)} {'masked' if kind == 'flip' else 'alone'} → "
+                                             f"**{method.classes[mods.result]}**" if mods.found else
+                                             "no set of modalities does it")) + f" ({fill}).")
+        if mods.found and kind == "flip":
+            st.button("Apply on Predict", key="cf_apply_modalities", on_click=_apply_modalities,
+                      args=(mods.units, fill), icon=":material/edit:")
+    table(frame, f"what_would_change_it_{kind}")
+
+
+def _apply_patches(m: str, units: tuple, kind: str, fill: str) -> None:
+    """Put a patch set into Predict's live masks and go there."""
+    st.session_state[f"on:{m}"] = True
+    st.session_state["patch_modality"] = m
+    st.session_state[f"patches:{m}"] = ", ".join(map(str, sorted(units)))
+    st.session_state["patch_keep"] = "mask these" if kind == "flip" else "keep only these"
+    st.session_state["patch_fill"] = "zeros" if fill == "zeros" else "mean"
+    st.session_state["_goto"] = "views/predict.py"
+
+
+def _apply_modalities(mods: tuple, fill: str) -> None:
+    for m in mods:
+        st.session_state[f"on:{m}"] = False
+        st.session_state[f"how:{m}"] = "absent" if fill == "absent" else fill
+    st.session_state["_goto"] = "views/predict.py"
+
+
+if st.session_state.pop("_goto", None):
+    keep_choice()
+    st.switch_page("views/predict.py")
 
 cur = page("Explainers")
 info = unmasked(cur)
@@ -97,6 +183,18 @@ if ok:
                "drops the probability fast on deletion (low AUC) and raises it fast on insertion (high AUC); "
                f"{NAMES[RANDOM]} is a seeded random order. One sample says little: the table below is over the test "
                "split.")
+
+    what_would_change_it(cur, names, explained)
+
+sanity = results_payload(cur.shipped.task, "sanity")
+if sanity and (cur.model_key in sanity.get("weights", {})) and not stale_weights(sanity["weights"]):
+    for e, why in sanity.get("flagged", {}).items():
+        st.warning(f"Sanity check: **{NAMES.get(e, e)}** stays similar when the model is randomised or trained on "
+                   f"permuted labels ({why}); its picture of this model says little about what it learned. "
+                   f"See `results/{cur.shipped.task}/sanity.md`.", icon=":material/report:")
+    if not sanity.get("flagged"):
+        st.caption(f"Sanity checks (`results/{cur.shipped.task}/sanity.md`): every explainer's maps change when the "
+                   "model's layers are randomised and with permuted labels, as they should.")
 
 st.subheader("Over the test split")
 md = REPO_ROOT / "results" / cur.shipped.task / "faithfulness.md"
