@@ -24,17 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import _common as common  # noqa: E402
 from core.data.tasks import get_task  # noqa: E402
 from core.evaluate import score  # noqa: E402
+from core.experiments.mmdynamics import IMAGENET_LAST_STAGES  # noqa: E402
 from core.models.registry import get_method  # noqa: E402
 from core.train.results import atomic_write_text  # noqa: E402
 
 SIZE = 224
-TUNED = 3
+TUNED = IMAGENET_LAST_STAGES["encoder_tune_stages"]
 REGIMES = {
     "frozen": dict(encoder_tune_stages=0, train=dict(epochs=80, batch_size=32, lr=1e-3, optimizer="adamw",
                                                      cosine=True, patience=20, augment=False)),
-    "last stages": dict(encoder_tune_stages=TUNED, train=dict(epochs=30, batch_size=32, lr=1e-3, encoder_lr=3e-4,
-                                                               optimizer="adamw", cosine=True, patience=10,
-                                                               augment=True)),
+    "last stages": {k: v for k, v in IMAGENET_LAST_STAGES.items() if k not in ("encoder", "image_size")},
     "full": dict(train=dict(epochs=12, batch_size=32, lr=1e-3, encoder_lr=3e-4, optimizer="adamw", cosine=True,
                             patience=6, strong_augment=True)),
 }

@@ -25,11 +25,17 @@ from core.checkpoint import CARD, read_card, round_to_half, save_checkpoint, ver
 from core.data.tasks import get_task, list_tasks
 from core.errors import MMXError
 from core.evaluate import score
-from core.experiments.baselines import DERM_ROWS as DERM_CNN_ROWS
 from core.experiments.guidance import CELL_LATENTS, CELL_SCALING, CELL_SETTINGS, DERM_CONFIG
 from core.experiments.hypermm import CELLS_IMAGE_SIZE, hypermm_config
 from core.experiments.hypermm import DERM_IMAGE_SIZE as HYPERMM_DERM_SIZE
-from core.experiments.mmdynamics import CELLS_TRAIN, DERM_IMAGE_SIZE, DERM_TRAIN, ROSMAP_TRAIN, static_config
+from core.experiments.mmdynamics import (
+    CELLS_TRAIN,
+    DERM_IMAGE_SIZE,
+    DERM_TRAIN,
+    IMAGENET_LAST_STAGES,
+    ROSMAP_TRAIN,
+    static_config,
+)
 from core.experiments.pbc import PBC_CNN
 from core.models.registry import get_method, make_config, method_entry, training_stages
 from core.paths import REPO_ROOT, data_root
@@ -60,7 +66,8 @@ _CELL_GUIDE = {k: {"latent_sizes": CELL_LATENTS, "scaling": CELL_SCALING, **cfg}
 # the small CNN backbone, named: "auto" would take VGG11 (35 MB of frozen weights per checkpoint) on a
 # machine that has the ImageNet weights cached, so the release would depend on the machine
 _HYPERMM = {**hypermm_config(), "backbone": "small_cnn"}
-_DERM_CNN = next(r for r in DERM_CNN_ROWS if r.method == "cnn" and r.config.get("encoder") == "efficientnet_lite0")
+# the dermoscopy CNN: EfficientNet-Lite0 from ImageNet, the recipe bench/finetune_regimes.py chose
+_DERM_CNN = {k: v for k, v in IMAGENET_LAST_STAGES.items() if k != "image_size"}
 
 RELEASE: tuple[Release, ...] = (
     Release("cells", "mm_dynamics", "mm_dynamics", P_R_I, CELLS_TRAIN, "MM dynamics: protein + RNA + image",
@@ -88,9 +95,8 @@ RELEASE: tuple[Release, ...] = (
     Release("derm7pt", "guidance_clinic_by_derm", "guidance", ("clinic", "derm"), DERM_CONFIG,
             "Guidance: clinical photo guided by dermoscopy (predicts from the clinical photo)", DERM_IMAGE_SIZE,
             "results/derm7pt/guidance.md"),
-    Release("derm7pt", "cnn", "cnn", _DERM_CNN.modalities, _DERM_CNN.config,
-            "CNN (EfficientNet-Lite0 from ImageNet): dermoscopic photo", _DERM_CNN.image_size,
-            "results/derm7pt/image_only.md"),
+    Release("derm7pt", "cnn", "cnn", ("derm",), _DERM_CNN, "CNN (EfficientNet-Lite0 from ImageNet): dermoscopic photo",
+            IMAGENET_LAST_STAGES["image_size"], "results/bench/finetune_regimes.md"),
     Release("pbc", "cnn", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}, "CNN (ResNet): blood-cell image",
             recipe="results/pbc/cnn.md"),
 )

@@ -51,6 +51,7 @@ def register_per_task(name: str, tasks, describe, run, *, one_thread: bool = Fal
             finally:
                 torch.set_num_threads(before)
 
+        fn.__module__ = run.__module__  # the step's code is the experiment's module (core.reproduce)
         register_experiment(f"{task}/{name}", describe(task))(fn)
 
 

