@@ -18,20 +18,23 @@ def sanity_figure(summary: pd.DataFrame, names: Mapping[str, str] | None = None,
     fig = make_subplots(rows=1, cols=max(len(mods), 1), subplot_titles=mods, shared_yaxes=True)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
     colours = {e: palette[i % len(palette)] for i, e in enumerate(dict.fromkeys(summary["explainer"]))}
+    shown: set = set()  # one legend entry per explainer and measure, wherever it first appears
     for j, m in enumerate(mods, 1):
         for (e, s), g in summary[summary.modality == m].groupby(["explainer", "measure"], sort=False):
             cascade = g[g.depth.astype(str) != "permuted"]
             dash = "solid" if s == "spearman" else "dot"
             fig.add_trace(go.Scatter(x=cascade.depth.astype(int), y=cascade["mean"], mode="lines+markers",
                                      line=dict(color=colours[e], dash=dash), name=f"{names.get(e, e)} ({s})",
-                                     legendgroup=f"{e}{s}", showlegend=j == 1), 1, j)
+                                     legendgroup=f"{e}{s}", showlegend=(e, s) not in shown), 1, j)
+            shown.add((e, s))
             perm = g[g.depth.astype(str) == "permuted"]
             if len(perm):
                 fig.add_trace(go.Scatter(x=[int(cascade.depth.max()) + 1], y=perm["mean"], mode="markers",
                                          marker=dict(color=colours[e], symbol="x", size=10),
                                          name=f"{names.get(e, e)} ({s}), permuted labels", legendgroup=f"{e}{s}",
                                          showlegend=False), 1, j)
-        fig.update_xaxes(title_text="layers randomised (x: permuted labels)", row=1, col=j)
+    fig.update_xaxes(title_text="layers randomised from the output side (x at the right: permuted labels)", row=1,
+                     col=(len(mods) + 1) // 2)
     fig.update_yaxes(title_text="mean similarity", range=[-0.3, 1.05], row=1, col=1)
     fig.update_layout(title=title, height=460, margin=dict(l=10, r=10, t=70, b=40))
     return fig
