@@ -23,7 +23,8 @@ def controls(cur: Current) -> Masking:
     cols = st.columns(max(len(mods), 1))
     for col, m in zip(cols, mods):
         with col:
-            if not st.toggle(f"{m}", value=True, key=f"on:{m}", help="switch off to mask it or leave it absent"):
+            st.session_state.setdefault(f"on:{m}", True)  # a default that Explainers' "Apply" may have replaced
+            if not st.toggle(f"{m}", key=f"on:{m}", help="switch off to mask it or leave it absent"):
                 modes = off_modes(method, m)
                 off[m] = st.selectbox(f"{m} switched off as", modes, key=f"how:{m}",
                                       format_func=lambda v: "absent (as if missing)" if v == ABSENT else f"{v} mask")
