@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.tasks import get_task
 from core.experiments import command, register_per_task
-from core.experiments.faithfulness import ATTRIBUTION, SEED, shipped_model
+from core.experiments.faithfulness import ATTRIBUTION, SEED, learns_maps, seeded_rows, shipped_model
 from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
 from core.explain.counterfactual import BUDGET, MODALITIES, ORDERS, counterfactuals
-from core.explain.faithfulness import LEARNED, NAMES, RANDOM, explanations
+from core.explain.faithfulness import NAMES, RANDOM, explanations
 from core.shipped import weights_of
 from core.stats import paired_median_difference
 from core.train.results import atomic_write_text, write_json
@@ -41,10 +40,9 @@ FILL = "mean"
 def run(task: str, out_dir: str | Path = "results", device: str = "auto", data_dir: str | None = None) -> list[Path]:
     t0 = time.perf_counter()
     method, data, test, source = shipped_model(task, data_dir, device, MODELS.get(task, "mm_dynamics"))
-    n = min(SAMPLES.get(task, SAMPLES["demo"]), len(test))
-    idx = test[np.sort(np.random.default_rng(SEED).choice(len(test), n, replace=False))]
-    own = explanations(method, data, idx[:1], (LEARNED,))[0][LEARNED]
-    learned = bool(own.feature_scores or own.patch_maps)
+    idx = seeded_rows(test, SAMPLES.get(task, SAMPLES["demo"]))
+    n = len(idx)
+    learned = learns_maps(method, data, int(idx[0]))
     orders = ORDERS if learned else ORDERS[1:]
     sets = []
     for row in idx:

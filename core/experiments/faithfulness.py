@@ -26,7 +26,17 @@ from core.experiments import command, register_experiment
 from core.experiments.mmdynamics import one_cpu_thread
 from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
 from core.explain.attributions import EXPLAINERS
-from core.explain.faithfulness import ALPHA, CURVES, LEARNED, NAMES, RANDOM, STEPS, Faithfulness, faithfulness
+from core.explain.faithfulness import (
+    ALPHA,
+    CURVES,
+    LEARNED,
+    NAMES,
+    RANDOM,
+    STEPS,
+    Faithfulness,
+    explanations,
+    faithfulness,
+)
 from core.explain.live import patch_grid, patch_size
 from core.explain.sample import heldout_cohort
 from core.models.base import Method
@@ -83,6 +93,18 @@ def run(name: str, task: str, out_dir: str | Path, device: str, data_dir: str | 
     write_json(base.with_suffix(".json"), _payload(result, data, method, cmd, seconds, device, setting, figures))
     atomic_write_text(base.with_suffix(".md"), _markdown(result, data, cmd, seconds, setting, figures, title))
     return [base.with_suffix(".md"), base.with_suffix(".json"), *figures]
+
+
+def seeded_rows(test: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of the ``test`` rows, drawn with the experiments' seed, in their order."""
+    n = min(n, len(test))
+    return test[np.sort(np.random.default_rng(SEED).choice(len(test), n, replace=False))]
+
+
+def learns_maps(method: Method, data: MultimodalDataset, row: int) -> bool:
+    """Whether the model gives its own informativeness maps (MM dynamics), tried on one row."""
+    own = explanations(method, data, np.array([row]), (LEARNED,))[0][LEARNED]
+    return bool(own.feature_scores or own.patch_maps)
 
 
 def shipped_model(task: str, data_dir: str | None, device: str,

@@ -16,9 +16,9 @@ import torch
 
 from core.evaluate import card_split
 from core.experiments import command, register_per_task
-from core.experiments.faithfulness import ATTRIBUTION, SEED, shipped_model
+from core.experiments.faithfulness import ATTRIBUTION, SEED, learns_maps, seeded_rows, shipped_model
 from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
-from core.explain.faithfulness import LEARNED, NAMES, explanations
+from core.explain.faithfulness import LEARNED, NAMES
 from core.explain.sanity import FLAG_AT, Sanity, cascade, permuted_labels
 from core.models.registry import get_method
 from core.shipped import weights_of
@@ -52,10 +52,9 @@ def permuted_model(method, task: str, data_dir, device: str, seed: int = SEED):
 def run(task: str, out_dir: str | Path = "results", device: str = "auto", data_dir: str | None = None) -> list[Path]:
     t0 = time.perf_counter()
     method, data, test, source = shipped_model(task, data_dir, device, MODELS.get(task, "mm_dynamics"))
-    n = min(SAMPLES.get(task, SAMPLES["demo"]), len(test))
-    idx = test[np.sort(np.random.default_rng(SEED).choice(len(test), n, replace=False))]
-    own = explanations(method, data, idx[:1], (LEARNED,))[0][LEARNED]
-    names = ((LEARNED,) if own.feature_scores or own.patch_maps else ()) + EXPLAINERS
+    idx = seeded_rows(test, SAMPLES.get(task, SAMPLES["demo"]))
+    n = len(idx)
+    names = ((LEARNED,) if learns_maps(method, data, int(idx[0])) else ()) + EXPLAINERS
     result = cascade(method, data, idx, names, seed=SEED, attribution=ATTRIBUTION)
     t_cascade = time.perf_counter() - t0
     permuted = ""
