@@ -62,7 +62,6 @@ QUICK_LEAVES_OUT = {
                           "about 30 s a run at one epoch (derm7pt/guidance's)",
     "pbc/counterfactual": "on demo it is cells/counterfactual's run again (the same driver and data), which the "
                           "quick run does",
-    "pbc/sanity": "on demo it is cells/sanity's run again (the same driver and data), which the quick run does",
     "derm7pt/hypermm": "2 targets x every missing-data scenario x every row x each seed on the real images: more "
                        "fits than cells/hypermm, which took 347 s on demo at one epoch",
 }
