@@ -1,4 +1,4 @@
-"""``<task>/sanity`` (cells, rosmap): do the explanations of the shipped model depend on
+"""``<task>/sanity`` (cells, derm7pt, pbc, rosmap): do the explanations of the shipped model depend on
 what it learned? Cascading randomisation of its layers and a retraining on permuted labels
 (:mod:`core.explain.sanity`), for the learned maps and captum's explainers, on a seeded subsample of
 its test split. The permuted-label model is the shipped model's own recipe (its card's config, split
@@ -82,8 +82,7 @@ def run(task: str, out_dir: str | Path = "results", device: str = "auto", data_d
     return [base.with_suffix(".md"), base.with_suffix(".json"), *figures]
 
 
-# derm7pt and pbc run the same code; their tables (an image model retrained on permuted labels) are still to run
-register_per_task(NAME, ("cells", "rosmap"),
+register_per_task(NAME, ("cells", "derm7pt", "pbc", "rosmap"),
                   lambda task: f"{task}: sanity checks of every explainer of the shipped {MODELS[task]} model: "
                                "cascading randomisation and permuted labels (+ figure)",
                   run, one_thread=True)

@@ -33,8 +33,7 @@ def sanity_figure(summary: pd.DataFrame, names: Mapping[str, str] | None = None,
                                          marker=dict(color=colours[e], symbol="x", size=10),
                                          name=f"{names.get(e, e)} ({s}), permuted labels", legendgroup=f"{e}{s}",
                                          showlegend=False), 1, j)
-    fig.update_xaxes(title_text="layers randomised from the output side (x at the right: permuted labels)", row=1,
-                     col=(len(mods) + 1) // 2)
+    fig.update_xaxes(title_text="layers randomised, output side first (× : permuted labels)")
     fig.update_yaxes(title_text="mean similarity", range=[-0.3, 1.05], row=1, col=1)
     fig.update_layout(title=title, height=460, margin=dict(l=10, r=10, t=70, b=40))
     return fig
