@@ -205,14 +205,15 @@ def sample_curves(cur: Current, names: tuple[str, ...]):
 
 
 @st.cache_data(max_entries=32, show_spinner="Searching the smallest masks that change the answer…")
-def _counterfactuals(key: str, names: tuple[str, ...], fill: str, budget: float, _method, _sample, _explained):
+def _counterfactuals(key: str, names: tuple[str, ...], kind: str, fill: str, budget: float, _method, _sample,
+                     _explained):
     from core.explain.counterfactual import counterfactuals
 
-    return counterfactuals(_method, _sample.data, 0, _explained, fill=fill, budget=budget)
+    return counterfactuals(_method, _sample.data, 0, _explained, fill=fill, budget=budget, kinds=(kind,))
 
 
-def sample_counterfactuals(cur: Current, names: tuple[str, ...], fill: str, budget: float):
-    """The sample's minimal flip and keep sets in the order of each of ``names``, a random order, and
-    over whole modalities (:mod:`core.explain.counterfactual`)."""
+def sample_counterfactuals(cur: Current, names: tuple[str, ...], kind: str, fill: str, budget: float):
+    """The sample's minimal ``kind`` sets (flip or keep: the question the page asks) in the order of
+    each of ``names``, a random order, and over whole modalities (:mod:`core.explain.counterfactual`)."""
     explained = sample_explanations(cur, names)[0]
-    return _counterfactuals(cur.key, names, fill, budget, cur.method, cur.sample, explained)
+    return _counterfactuals(cur.key, names, kind, fill, budget, cur.method, cur.sample, explained)

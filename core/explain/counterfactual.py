@@ -10,10 +10,12 @@ Two questions a ranking alone cannot answer, asked of one sample and verified by
 
 Unit sets grow in an explainer's order (the learned map, integrated gradients, occlusion,
 GradientSHAP, or a seeded random order): the first ``k`` whose masking flips (keeps) the prediction,
-found by a coarse pass over growing ``k`` and an exact pass between the last two coarse steps; then
-the set is pruned, lowest-ranked first: chunks of halving size while the answer holds without them,
-then single elements, until a batched pass shows that no single element can go. So the answer is *1-minimal* (no single element is superfluous), not the global
-minimum, which would need every subset. Modalities are few, so their sets come from an exact search
+found by a coarse pass over growing ``k`` and finer passes between the first that answers and the step
+before it; then
+the set is pruned in rounds: a batched pass leaves out each unit in turn (which can go), a second
+drops the lowest-ranked 2, 3, ... of those together (the most that can go at once), until a pass
+shows that no single unit can go. So the answer is *1-minimal* (no single unit is superfluous), not
+the global minimum, which would need every subset. Modalities are few, so their sets come from an exact search
 over all subsets. Masking replaces units with the fill the attributions use (the training mean
 after scaling, or zeros; for whole modalities also ``absent``: the model's own handling of a missing
 modality). "No flip within the budget" (a share of the modality's units) is an answer too.
@@ -34,11 +36,12 @@ import torch
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
 from core.explain.attributions import BASELINES, Differentiable, differentiable
-from core.explain.faithfulness import LEARNED, NAMES, RANDOM, ranking, unit_scores, variant_proba
+from core.explain.faithfulness import (LEARNED, NAMES, RANDOM, batched_proba, n_units, ranking, unit_scores,
+                                       variant_proba)
 from core.explain.informativeness import Informativeness
 from core.explain.live import patch_grid, patch_size
 from core.models.base import Method
-from core.models.masking import patch_grid_mask
+from core.models.unet_gate import expand_patches
 
 KINDS = ("flip", "keep")
 MODALITIES = "modalities"  # the "modality" of a set of whole modalities
@@ -113,107 +116,152 @@ class Counterfactuals:
 
 
 # ----------------------------------------------------------------------------- one modality's units
-def _select(diff: Differentiable, j: int, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-    """Bool mask of input ``j`` (one sample, ``x``: 1 x ...) that is True on the ``units``."""
+def _variants(diff: Differentiable, j: int, x: torch.Tensor, base: torch.Tensor, units: np.ndarray,
+              kind: str) -> list[torch.Tensor]:
+    """Input ``j`` (one sample, ``x``: 1 x ...) once per row of ``units`` (``V x n`` bool over the
+    modality's units): the row's units at the fill (flip), or only they real (keep)."""
     m = diff.modalities[j]
-    if diff.method.specs[m].kind == "omics":
-        return torch.zeros(x.shape, dtype=torch.bool, device=x.device).index_fill_(1, units.to(x.device), True)
-    return patch_grid_mask(1, x.shape[-2], x.shape[-1], patch_size(diff.method), units.to(x.device)[None])
+    sel = torch.from_numpy(units).to(x.device)
+    if diff.method.specs[m].kind != "omics":
+        rows, cols = patch_grid(diff.method, m)
+        sel = expand_patches(sel.view(len(units), 1, rows, cols), patch_size(diff.method), x.shape[-2], x.shape[-1])
+    return list((torch.where(sel, base, x) if kind == "flip" else torch.where(sel, x, base)).split(1))
 
 
-def _variant(diff: Differentiable, j: int, x: torch.Tensor, base: torch.Tensor, units, kind: str) -> torch.Tensor:
-    """Input ``j`` with ``units`` at the fill (flip) or only ``units`` real (keep)."""
-    sel = _select(diff, j, x, torch.as_tensor(list(units), dtype=torch.long))
-    return torch.where(sel, base, x) if kind == "flip" else torch.where(sel, x, base)
+def _rows(n: int, sets: list) -> np.ndarray:
+    """``len(sets) x n`` bool: True on each set's units."""
+    out = np.zeros((len(sets), n), dtype=bool)
+    for i, s in enumerate(sets):
+        out[i, np.asarray(list(s), dtype=np.int64)] = True
+    return out
 
 
 def _hits(proba: np.ndarray, original: int, kind: str) -> np.ndarray:
     """Which variants (``V x 1 x C`` probabilities) answer the question: another class (flip), the
     same class (keep)."""
-    pred = proba[:, 0].argmax(1)
-    return pred != original if kind == "flip" else pred == original
+    return _margin(proba, original, kind) > 0
+
+
+def _margin(proba: np.ndarray, original: int, kind: str) -> np.ndarray:
+    """How clearly each variant answers: the best other class's probability over the original's
+    (flip), or the other way round (keep); positive where it answers."""
+    p = proba[:, 0]
+    other = np.delete(p, original, axis=1).max(1) if p.shape[1] > 1 else np.zeros(len(p))
+    return (other - p[:, original]) if kind == "flip" else (p[:, original] - other)
 
 
 def _steps(limit: int) -> list[int]:
-    """Growing set sizes for the coarse pass: every size up to 8, then about 25 % more each step."""
+    """Growing set sizes for the coarse pass: 1, 2, 3, 4, 6, 8, then about 50 % more each step."""
     out, k = [], 1
     while k < limit:
         out.append(k)
-        k = k + 1 if k < 8 else max(k + 1, math.ceil(k * 1.25))
+        k = k + 1 if k < 4 else max(k + 2, math.ceil(k * 1.5))
     return [*out, limit]
 
 
-def _prune(run, chosen: list, p: np.ndarray, original: int, kind: str) -> tuple[list, np.ndarray]:
-    """Drop units while the answer holds, the lowest-ranked first: chunks of halving size (one batched
-    pass per removal), then single units (a batched pass finds the removable ones, each is then
-    dropped if the answer still holds without it); it ends on a batched pass in which no single unit
-    can go. ``p``: the probabilities of ``chosen``'s variant; returned for the pruned set."""
-    size = len(chosen) // 2
-    while (size := min(size, len(chosen) // 2)) > 1:
-        chunks = [set(chosen[i:i + size]) for i in range(0, len(chosen), size)]
-        trials = [t for c in chunks if (t := [u for u in chosen if u not in c])]
-        tp = run(trials)
-        ok = np.flatnonzero(_hits(tp, original, kind))
-        if len(ok):
-            chosen, p = trials[int(ok[-1])], tp[int(ok[-1]), 0]
+def _first(prefixes, sizes: list[int], original: int, kind: str):
+    """Generator: the first prefix size that answers and its probabilities (None and the last size's
+    if none does): ``sizes`` in one pass, then between the first that answers and the size before it,
+    up to 8 evenly spread sizes per pass until the two are adjacent. Yields the unit matrices of the
+    prefix sizes (``prefixes``) it needs and is sent their probabilities."""
+    proba = yield prefixes(sizes)
+    hit = np.flatnonzero(_hits(proba, original, kind))
+    if not len(hit):
+        return None, proba[-1, 0]
+    first = int(hit[0])
+    lo, hi, p = (sizes[first - 1] if first else 0), sizes[first], proba[first, 0]
+    while hi - lo > 1:
+        between = sorted({int(round(v)) for v in np.linspace(lo, hi, 10)[1:-1]} - {lo, hi})
+        proba = yield prefixes(between)
+        hit = np.flatnonzero(_hits(proba, original, kind))
+        if len(hit):
+            first = int(hit[0])
+            lo, hi, p = (between[first - 1] if first else lo), between[first], proba[first, 0]
         else:
-            size //= 2
+            lo = between[-1]
+    return hi, p
+
+
+def _prune(chosen: np.ndarray, p: np.ndarray, original: int, kind: str, n: int):
+    """Generator: drop units while the answer holds, in rounds of two batched passes: every single unit
+    left out (which units can go), then the first 2, 3, ... of those left out together, those whose own
+    removal left the answer clearest first (how many can go at once: the most that still answer). It
+    ends on a pass in which no single unit can go, so the set is 1-minimal. ``chosen``: unit indices,
+    most important first; ``p``: the probabilities of its variant. Yields ``V x n`` unit matrices, is
+    sent their probabilities, returns the pruned set and its probabilities."""
     while len(chosen) > 1:
-        trials = [chosen[:i] + chosen[i + 1:] for i in range(len(chosen))]
-        tp = run(trials)
-        ok = np.flatnonzero(_hits(tp, original, kind))
+        row = np.zeros(n, dtype=bool)
+        row[chosen] = True
+        singles = np.tile(row, (len(chosen), 1))
+        singles[np.arange(len(chosen)), chosen] = False
+        tp = yield singles
+        margin = _margin(tp, original, kind)
+        ok = np.flatnonzero(margin > 0)
         if not len(ok):
             break
-        removable = [chosen[int(i)] for i in ok[::-1]]  # the lowest ranked first
-        chosen, p = trials[int(ok[-1])], tp[int(ok[-1]), 0]
-        for u in removable[1:]:
-            trial = [v for v in chosen if v != u]
-            if not trial:
-                break
-            one = run([trial])
-            if _hits(one, original, kind)[0]:
-                chosen, p = trial, one[0, 0]
+        ok = ok[np.lexsort((-ok, -margin[ok]))]  # the clearest first; ties: the lowest ranked
+        removable = chosen[ok]
+        gone, p = removable[:1], tp[int(ok[0]), 0]
+        most = min(len(removable), len(chosen) - 1)  # never the empty set
+        if most >= 2:
+            counts = np.unique(np.r_[np.round(1.25 ** np.arange(1, 1 + math.ceil(math.log(most, 1.25)))), most]
+                               .clip(2, most).astype(np.int64))
+            together = np.tile(row, (len(counts), 1))
+            together[:, removable] &= np.arange(len(removable))[None, :] >= counts[:, None]
+            gp = yield together
+            hit = np.flatnonzero(_hits(gp, original, kind))
+            if len(hit):
+                gone, p = removable[:counts[hit[-1]]], gp[int(hit[-1]), 0]
+        chosen = chosen[~np.isin(chosen, gone)]
     return chosen, p
 
 
-def grow_and_prune(diff: Differentiable, inputs: tuple, present: tuple, j: int, order: np.ndarray, kind: str,
-                   fill: str, budget: float) -> MaskSet:
-    """The set of input ``j``'s units, grown in ``order`` and pruned (see the module docstring)."""
-    x, base = inputs[j], diff.baselines(inputs, fill)[j]
-    full = variant_proba(diff, inputs, present, [x], j)[0, 0]
-    original = int(full.argmax())
+def _search(order: np.ndarray, limit: int, original: int, kind: str):
+    """Generator: one order's set, grown (:func:`_first`) and pruned (:func:`_prune`); returns the
+    set (None if none within ``limit`` units) and its probabilities."""
     n = len(order)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    first_k, p = yield from _first(lambda ks: rank[None, :] < np.asarray(ks)[:, None], _steps(limit), original, kind)
+    if first_k is None:
+        return None, p
+    return (yield from _prune(order[:first_k], p, original, kind, n))
+
+
+@torch.no_grad()
+def grow_and_prune(diff: Differentiable, inputs: tuple, present: tuple, j: int, orders: dict[str, np.ndarray],
+                   kind: str, fill: str, budget: float) -> dict[str, MaskSet]:
+    """The set of input ``j``'s units grown in each of ``orders`` (name -> units, most important first)
+    and pruned (see the module docstring). The searches run in lockstep: each forward pass holds the
+    variants every unfinished search asks for next, and the other modalities are encoded once."""
+    x, base = inputs[j], diff.baselines(inputs, fill)[j]
+    proba_of = diff.varying(j, inputs, present)
+    full = batched_proba(proba_of, [x], 1)[0, 0]
+    original = int(full.argmax())
+    n = n_units(diff.method, diff.modalities[j])
     limit = max(1, min(n, math.ceil(budget * n)))
-    rows = 1
-
-    def run(sets: list) -> np.ndarray:
-        nonlocal rows
-        rows += len(sets)
-        return variant_proba(diff, inputs, present, [_variant(diff, j, x, base, s, kind) for s in sets], j)
-
-    coarse = _steps(limit)
-    proba = run([order[:k] for k in coarse])
-    hit = np.flatnonzero(_hits(proba, original, kind))
-    if not len(hit):
-        p = proba[-1, 0]
-        return MaskSet(diff.modalities[j], "", kind, (), n, False, original, int(p.argmax()), float(full[original]),
-                       float(p[original]), float(p.max()), rows)
-    first = int(hit[0])
-    lo = coarse[first - 1] if first else 0
-    between = list(range(lo + 1, coarse[first]))
-    if between:
-        fine = run([order[:k] for k in between])
-        fine_hit = np.flatnonzero(_hits(fine, original, kind))
-        if len(fine_hit):
-            first_k, p = between[int(fine_hit[0])], fine[int(fine_hit[0]), 0]
-        else:
-            first_k, p = coarse[first], proba[first, 0]
-    else:
-        first_k, p = coarse[first], proba[first, 0]
-    chosen, p = _prune(run, list(order[:first_k]), p, original, kind)
-    result = int(p.argmax())
-    return MaskSet(diff.modalities[j], "", kind, tuple(int(u) for u in chosen), n, True, original, result,
-                   float(full[original]), float(p[original]), float(p[result]), rows)
+    searches = {e: _search(np.asarray(o, dtype=np.int64), limit, original, kind) for e, o in orders.items()}
+    rows = dict.fromkeys(orders, 1)
+    done, asked = {}, {}
+    for e, g in searches.items():
+        asked[e] = next(g)
+    while asked:
+        names = list(asked)
+        proba = batched_proba(proba_of, _variants(diff, j, x, base, np.concatenate([asked[e] for e in names]), kind), 1)
+        parts = np.split(proba, np.cumsum([len(asked[e]) for e in names])[:-1])
+        for e, part in zip(names, parts):
+            rows[e] += len(asked.pop(e))
+            try:
+                asked[e] = searches[e].send(part)
+            except StopIteration as stop:
+                done[e] = stop.value
+    out = {}
+    for e, (chosen, p) in done.items():
+        result = int(p.argmax())
+        units = () if chosen is None else tuple(int(u) for u in chosen)
+        out[e] = MaskSet(diff.modalities[j], e, kind, units, n, chosen is not None, original, result,
+                         float(full[original]), float(p[original]), float(p[result]), rows[e])
+    return {e: out[e] for e in orders}
 
 
 # ----------------------------------------------------------------------------- whole modalities
@@ -264,9 +312,7 @@ def unit_orders(method: Method, data: MultimodalDataset, row: int, explained: di
             continue
         orders = {e: ranking(s)[0] for e, info in explained.items()
                   if (s := unit_scores(diff.method, info, m)) is not None and np.isfinite(s[0]).any()}
-        n = diff.method.specs[m].n_features if diff.method.specs[m].kind == "omics" else int(
-            np.prod(patch_grid(diff.method, m)))
-        orders[RANDOM] = np.random.default_rng([seed, i, row]).permutation(n)
+        orders[RANDOM] = np.random.default_rng([seed, i, row]).permutation(n_units(diff.method, m))
         out[m] = orders
     return out
 
@@ -293,10 +339,8 @@ def counterfactuals(method: Method, data: MultimodalDataset, row: int, explained
     unit_fill = "mean" if fill == "absent" else fill
     for m, orders in unit_orders(method, data, row, explained, seed).items():
         j = diff.modalities.index(m)
-        for e, order in orders.items():
-            for kind in kinds:
-                s = grow_and_prune(diff, inputs, present, j, order, kind, unit_fill, budget)
-                s.explainer = e
+        for kind in kinds:
+            for e, s in grow_and_prune(diff, inputs, present, j, orders, kind, unit_fill, budget).items():
                 out.sets[(m, e, kind)] = s
     if len(diff.modalities) > 1:
         for kind in kinds:
@@ -313,4 +357,5 @@ def try_set(method: Method, data: MultimodalDataset, row: int, modality: str, un
     inputs, present = diff.inputs(data, np.asarray([row]))
     j = diff.modalities.index(modality)
     base = diff.baselines(inputs, "mean" if fill == "absent" else fill)[j]
-    return variant_proba(diff, inputs, present, [_variant(diff, j, inputs[j], base, units, kind)], j)[0, 0]
+    units = _rows(n_units(diff.method, modality), [units])
+    return variant_proba(diff, inputs, present, _variants(diff, j, inputs[j], base, units, kind), j)[0, 0]

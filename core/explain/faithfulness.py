@@ -168,7 +168,7 @@ def curves(method: Method, data: MultimodalDataset, idx: np.ndarray | None, expl
     for i, m in enumerate(diff.modalities):
         orders = {e: ranking(s) for e, info in explanations.items()
                   if (s := unit_scores(diff.method, info, m)) is not None}
-        units = _n_units(diff.method, m)
+        units = n_units(diff.method, m)
         orders[RANDOM] = np.random.default_rng([seed, i]).permuted(np.tile(np.arange(units), (len(idx), 1)), axis=1)
         ks = np.rint(fractions * units).astype(int)
         have = np.flatnonzero(data.present[m][torch.as_tensor(idx)].numpy())
@@ -252,28 +252,36 @@ def _proba(diff: Differentiable, inputs: tuple, present: tuple, variants: list[t
 
 
 @torch.no_grad()
-def variant_proba(diff: Differentiable, inputs: tuple, present: tuple, variants: list[torch.Tensor], j: int,
+def variant_proba(diff: Differentiable, inputs: tuple, present: tuple, variants: list[torch.Tensor], j: int | None,
                   presences: list[tuple] | None = None) -> np.ndarray:
     """``V x N x C`` class probabilities with input ``j`` replaced by each of the ``V`` variants (the
-    other inputs unchanged; ``j=None``: each variant is the whole input tuple), presence optionally
-    per variant; in forward passes of at most about :data:`~core.explain.attributions.ROWS` rows."""
-    n = len(present[0])
+    other inputs unchanged, encoded once where the net allows: :meth:`Differentiable.varying`;
+    ``j=None``: each variant is the whole input tuple, presence optionally per variant)."""
+    if j is not None:
+        return batched_proba(diff.varying(j, inputs, present), variants, len(present[0]))
+    pres = presences if presences is not None else [present] * len(variants)
+    whole = [(*v, *q) for v, q in zip(variants, pres)]
+    return batched_proba(lambda *t: diff.proba(*t), whole, len(present[0]))
+
+
+@torch.no_grad()
+def batched_proba(proba, variants: list, n: int) -> np.ndarray:
+    """``V x N x C``: ``proba`` (of one tensor, or of a tuple of tensors) of each of the ``V`` variants
+    of ``N`` rows, in forward passes of at most about :data:`~core.explain.attributions.ROWS` rows."""
     per_pass = max(1, ROWS // n)
     out = []
     for s in range(0, len(variants), per_pass):
         group = variants[s:s + per_pass]
-        if j is None:
-            x = tuple(torch.cat([g[i] for g in group]) for i in range(len(inputs)))
+        if isinstance(group[0], torch.Tensor):
+            p = proba(torch.cat(group))
         else:
-            x = tuple(torch.cat(group) if i == j else v.repeat(len(group), *[1] * (v.ndim - 1))
-                      for i, v in enumerate(inputs))
-        pres = presences[s:s + per_pass] if presences is not None else [present] * len(group)
-        p = tuple(torch.cat([q[i] for q in pres]) for i in range(len(present)))
-        out.append(diff.proba(*x, *p).cpu().view(len(group), n, -1).numpy())
-    return np.concatenate(out)
+            p = proba(*(torch.cat([g[i] for g in group]) for i in range(len(group[0]))))
+        out.append(p.cpu().view(len(group), n, -1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, n, 0), dtype=np.float32)
 
 
-def _n_units(method: Method, modality: str) -> int:
+def n_units(method: Method, modality: str) -> int:
+    """How many units (omics features, or patches of the model's grid) a modality has."""
     spec = method.specs[modality]
     if spec.kind == "omics":
         return spec.n_features

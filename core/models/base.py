@@ -212,6 +212,34 @@ class Net(nn.Module):
         return ce, {"ce": float(ce.detach())}
 
 
+class BranchedNet(Net):
+    """A net whose modalities meet only at its fusion layer: ``forward`` fuses each modality's
+    :meth:`branch`. So a question that varies one modality of a sample (masked variants, counterfactual
+    masks) encodes the other modalities once (:meth:`core.explain.attributions.Differentiable.varying`)."""
+
+    encoders: nn.ModuleDict
+    classifier: nn.Module
+
+    def new_output(self, present: dict[str, torch.Tensor]) -> ModelOutput:
+        return ModelOutput(logits=torch.empty(0))
+
+    def branch(self, m: str, x: torch.Tensor, present: torch.Tensor, out: ModelOutput | None = None) -> torch.Tensor:
+        """Modality ``m``'s latent as fusion gets it (zero where absent); what else it yields (maps,
+        weights) goes into ``out`` when one is given."""
+        raise NotImplementedError
+
+    def fuse(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits from every modality's latent, in the nets' modality order."""
+        return self.classifier(torch.cat([latents[m] for m in self.encoders], 1))
+
+    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
+        out = self.new_output(present)
+        for m in self.encoders:
+            out.latents[m] = self.branch(m, x[m], present[m], out)
+        out.logits = self.fuse(out.latents)
+        return out
+
+
 class TorchMethod(Method):
     """A method whose model is one :class:`Net` trained by the shared loop."""
 

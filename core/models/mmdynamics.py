@@ -37,7 +37,7 @@ from torch import nn
 
 from core.data.dataset import ModalitySpec
 from core.errors import MMXError
-from core.models.base import DeepConfig, Net, TorchMethod
+from core.models.base import BranchedNet, DeepConfig, TorchMethod
 from core.models.encoders import build_encoder
 from core.models.registry import register_method
 from core.models.unet_gate import PatchGate
@@ -148,7 +148,7 @@ def _gate(spec: ModalitySpec, cfg: DynamicsConfig) -> nn.Module:
     return nn.Sequential(nn.Linear(spec.n_features, spec.n_features), nn.Sigmoid())
 
 
-class MMDynamicsNet(Net):
+class MMDynamicsNet(BranchedNet):
     def __init__(self, specs: dict[str, ModalitySpec], n_classes: int, cfg: DynamicsConfig):
         super().__init__()
         self.cfg = cfg
@@ -166,23 +166,23 @@ class MMDynamicsNet(Net):
         self.classifier = nn.Linear(sum(sizes.values()), n_classes)
         xavier_init(self)
 
-    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> DynamicsOutput:
-        out = DynamicsOutput(logits=torch.empty(0), present=present)
-        for m, encoder in self.encoders.items():
-            v = x[m]
-            if self.gates is not None:
-                gate = self.gates[m](v)
+    def new_output(self, present: dict[str, torch.Tensor]) -> DynamicsOutput:
+        return DynamicsOutput(logits=torch.empty(0), present=present)
+
+    def branch(self, m: str, v: torch.Tensor, present: torch.Tensor, out: ModelOutput | None = None) -> torch.Tensor:
+        if self.gates is not None:
+            gate = self.gates[m](v)
+            if out is not None:
                 out.feature_maps[m] = gate
-                v = v * gate
-            h = encoder(v)
-            if self.heads is not None:
+            v = v * gate
+        h = self.encoders[m](v)
+        if self.heads is not None:
+            conf = self.confidence[m](h).squeeze(1)
+            if out is not None:
                 out.modality_logits[m] = self.heads[m](h)
-                conf = self.confidence[m](h).squeeze(1)
                 out.modality_weights[m] = conf
-                h = h * conf[:, None]
-            out.latents[m] = h * present[m][:, None].to(h.dtype)
-        out.logits = self.classifier(torch.cat(list(out.latents.values()), 1))
-        return out
+            h = h * conf[:, None]
+        return h * present[:, None].to(h.dtype)
 
     def loss(self, out: DynamicsOutput, y: torch.Tensor, weight: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -207,7 +207,7 @@ class MMDynamicsNet(Net):
         return total, terms
 
 
-class MMStaticNet(Net):
+class MMStaticNet(BranchedNet):
     def __init__(self, specs: dict[str, ModalitySpec], n_classes: int, cfg: StaticConfig):
         super().__init__()
         unknown = set(cfg.modality_weights) - set(specs)
@@ -216,17 +216,16 @@ class MMStaticNet(Net):
                            f"(modalities: {list(specs)})")
         self.encoders = _encoders(specs, cfg)
         self.register_buffer("weights", torch.tensor([float(cfg.modality_weights.get(m, 1.0)) for m in specs]))
+        self.index = {m: i for i, m in enumerate(specs)}
         self.classifier = nn.Linear(sum(cfg.latent_size(m, s) for m, s in specs.items()), n_classes)
         xavier_init(self)
 
-    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
-        out = ModelOutput(logits=torch.empty(0))
-        for i, (m, encoder) in enumerate(self.encoders.items()):
-            h = encoder(x[m])
-            out.latents[m] = h * self.weights[i] * present[m][:, None].to(h.dtype)
-            out.modality_weights[m] = self.weights[i].expand(len(h))
-        out.logits = self.classifier(torch.cat(list(out.latents.values()), 1))
-        return out
+    def branch(self, m: str, v: torch.Tensor, present: torch.Tensor, out: ModelOutput | None = None) -> torch.Tensor:
+        h = self.encoders[m](v)
+        w = self.weights[self.index[m]]
+        if out is not None:
+            out.modality_weights[m] = w.expand(len(h))
+        return h * w * present[:, None].to(h.dtype)
 
 
 @register_method("mm_dynamics", DynamicsConfig, family="mm_dynamics",
@@ -235,7 +234,7 @@ class MMDynamics(TorchMethod):
     resident_inputs = True
     native_absence = "left out: its latent is zeroed before fusion and its confidence is not used"
 
-    def build_net(self) -> Net:
+    def build_net(self) -> BranchedNet:
         return MMDynamicsNet(self.specs, self.n_classes, self.config)
 
 
@@ -245,5 +244,5 @@ class MMStatic(TorchMethod):
     resident_inputs = True
     native_absence = "left out: its latent is zeroed before the fused classifier"
 
-    def build_net(self) -> Net:
+    def build_net(self) -> BranchedNet:
         return MMStaticNet(self.specs, self.n_classes, self.config)

@@ -36,7 +36,7 @@ def what_would_change_it(cur, names: tuple[str, ...], explained: dict) -> None:
                              "(the model's own handling; units then take the mean)")
     budget = c3.slider("at most this share of a modality's units", 0.1, 1.0, 0.5, 0.1, key="cf_budget")
     try:
-        cf = sample_counterfactuals(cur, names, fill, budget)
+        cf = sample_counterfactuals(cur, names, kind, fill, budget)
     except Exception as e:
         show_error(e)
         return
