@@ -151,18 +151,18 @@ def _margin(proba: np.ndarray, original: int, kind: str) -> np.ndarray:
 
 
 def _steps(limit: int) -> list[int]:
-    """Growing set sizes for the coarse pass: 1, 2, 3, 4, 6, 8, then about 50 % more each step."""
+    """Growing set sizes for the coarse pass: 1, 2, 3, 4, then doubling."""
     out, k = [], 1
     while k < limit:
         out.append(k)
-        k = k + 1 if k < 4 else max(k + 2, math.ceil(k * 1.5))
+        k = k + 1 if k < 4 else 2 * k
     return [*out, limit]
 
 
 def _first(prefixes, sizes: list[int], original: int, kind: str):
     """Generator: the first prefix size that answers and its probabilities (None and the last size's
     if none does): ``sizes`` in one pass, then between the first that answers and the size before it,
-    up to 8 evenly spread sizes per pass until the two are adjacent. Yields the unit matrices of the
+    up to 3 evenly spread sizes per pass until the two are adjacent. Yields the unit matrices of the
     prefix sizes (``prefixes``) it needs and is sent their probabilities."""
     proba = yield prefixes(sizes)
     hit = np.flatnonzero(_hits(proba, original, kind))
@@ -171,7 +171,7 @@ def _first(prefixes, sizes: list[int], original: int, kind: str):
     first = int(hit[0])
     lo, hi, p = (sizes[first - 1] if first else 0), sizes[first], proba[first, 0]
     while hi - lo > 1:
-        between = sorted({int(round(v)) for v in np.linspace(lo, hi, 10)[1:-1]} - {lo, hi})
+        between = sorted({int(round(v)) for v in np.linspace(lo, hi, 5)[1:-1]} - {lo, hi})
         proba = yield prefixes(between)
         hit = np.flatnonzero(_hits(proba, original, kind))
         if len(hit):
