@@ -11,16 +11,18 @@ Two questions a ranking alone cannot answer, asked of one sample and verified by
 Unit sets grow in an explainer's order (the learned map, integrated gradients, occlusion,
 GradientSHAP, or a seeded random order): the first ``k`` whose masking flips (keeps) the prediction,
 found by a coarse pass over growing ``k`` and finer passes between the first that answers and the step
-before it; then
-the set is pruned in rounds: a batched pass leaves out each unit in turn (which can go), a second
-drops the lowest-ranked 2, 3, ... of those together (the most that can go at once), until a pass
-shows that no single unit can go. So the answer is *1-minimal* (no single unit is superfluous), not
+before it; then the set is pruned in rounds: a batched pass leaves out each unit in turn (which can
+go), a second drops the first 2, 3, 5, ... of those together, those whose own removal left the answer
+clearest first (the most that can go at once), until a pass shows that no single unit can go. So the
+answer is *1-minimal* (no single unit is superfluous), not
 the global minimum, which would need every subset. Modalities are few, so their sets come from an exact search
 over all subsets. Masking replaces units with the fill the attributions use (the training mean
 after scaling, or zeros; for whole modalities also ``absent``: the model's own handling of a missing
 modality). "No flip within the budget" (a share of the modality's units) is an answer too.
 
-Everything runs as batched forward passes of masked copies (:func:`core.explain.faithfulness.variant_proba`).
+Everything runs as batched forward passes of masked copies; the searches of one modality (one per
+order) run in lockstep, so each pass holds what all of them ask for next, and a net whose modalities
+meet only at fusion encodes the others once (:meth:`core.explain.attributions.Differentiable.varying`).
 """
 from __future__ import annotations
 
