@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from core.data.splits import Split
-from core.explain.sanity import cascade, depths, layers, permuted_labels, randomised
+from core.explain.attributions import differentiable
+from core.explain.sanity import (captum_metrics, cascade, depths, layers, permuted_labels, randomised,
+                                 unit_sensitivity)
 from core.models.registry import get_method
 
 SPLIT = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
@@ -61,8 +63,45 @@ def test_a_model_trained_on_permuted_labels_is_compared(trained):
     other.fit(shuffled_data, SPLIT, seed=0, device="cpu")
     idx = SPLIT.test[:10]
     s = cascade(m, data, idx, ("integrated_gradients",), most=2)
-    permuted_labels(s, m, other, data, idx, ("integrated_gradients",))
+    permuted_labels(s, m, [other, m], data, idx, ("integrated_gradients",))  # the model itself: similarity 1
     p = s.permuted["integrated_gradients"]["rna"]["spearman"]
-    assert p.shape == (10,) and np.nanmean(p) < 0.9
+    assert p.shape == (2, 10) and np.nanmean(p[0]) < 0.9 and np.allclose(p[1], 1.0)
+    row = next(r for r in s.summary() if r["depth"] == "permuted" and r["measure"] == "spearman"
+               and r["modality"] == "rna")
+    assert row["retrainings"] == 2 and row["highest"] == 1.0 and row["lowest"] < 0.9
+    assert np.isclose(row["mean"], (row["lowest"] + row["highest"]) / 2)
     flagged = s.flagged(at=-1.0)  # every explainer is flagged at an impossible bar, with its reasons
     assert "integrated_gradients" in flagged and "permuted labels" in flagged["integrated_gradients"]
+
+
+def test_captum_metrics_rank_explanations_against_random_scores(trained):
+    m, data = trained
+    idx = SPLIT.test[:10]
+    s = cascade(m, data, idx, ("learned", "integrated_gradients"), most=2)
+    captum_metrics(s, m, data, idx, ("learned", "integrated_gradients"), attribution={"n_steps": 16},
+                   sensitivity_samples=6)
+    for mod in ("rna", "protein"):
+        ig, rnd = s.metrics["integrated_gradients"][mod], s.metrics["random"][mod]
+        assert ig["infidelity"].shape == (10,) and np.isfinite(ig["infidelity"]).all()
+        assert np.mean(ig["infidelity"] < rnd["infidelity"]) >= 0.7, (ig["infidelity"], rnd["infidelity"])
+        sensitivity = s.metrics["learned"][mod]["sensitivity"]  # measured on the first samples only
+        assert "sensitivity" not in rnd and np.isfinite(sensitivity[:6]).all() and np.isnan(sensitivity[6:]).all()
+    rows = s.metric_summary()
+    assert {(r["metric"], r["explainer"]) for r in rows} == {
+        ("infidelity", "learned"), ("infidelity", "integrated_gradients"), ("infidelity", "random"),
+        ("sensitivity", "learned"), ("sensitivity", "integrated_gradients")}
+    ig = next(r for r in rows if r["explainer"] == "integrated_gradients" and r["metric"] == "infidelity"
+              and r["modality"] == "rna")
+    assert ig["below random %"] >= 70
+
+
+def test_sensitivity_grows_with_the_noise_and_is_zero_without(trained):
+    m, data = trained
+    diff = differentiable(m)
+    inputs, present = diff.inputs(data, SPLIT.test[:1])
+    opts = {"n_steps": 16}
+    assert unit_sensitivity(diff, inputs, present, 0, "integrated_gradients", options=opts, radius=0.0) < 1e-6  # batch sums differ in the last bits
+    small = unit_sensitivity(diff, inputs, present, 0, "integrated_gradients", options=opts, radius=0.01)
+    large = unit_sensitivity(diff, inputs, present, 0, "integrated_gradients", options=opts, radius=1.0)
+    assert 0 < small < large
+

@@ -1,8 +1,10 @@
 """``<task>/sanity`` (cells, derm7pt, pbc, rosmap): do the explanations of the shipped model depend on
-what it learned? Cascading randomisation of its layers and a retraining on permuted labels
+what it learned? Cascading randomisation of its layers and retrainings on permuted labels
 (:mod:`core.explain.sanity`), for the learned maps and captum's explainers, on a seeded subsample of
-its test split. The permuted-label model is the shipped model's own recipe (its card's config, split
-and input size) trained on the training and validation rows with their labels shuffled.
+its test split, with captum's infidelity and max-sensitivity of the trained model's explanations. A
+permuted-label model is the shipped model's own recipe (its card's config, split and input size)
+trained on the training and validation rows with their labels shuffled; three of them (seeds
+:data:`PERMUTED`), because one draw can land near or far from the real model by chance.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from core.experiments import command, register_per_task
 from core.experiments.faithfulness import ATTRIBUTION, SEED, learns_maps, seeded_rows, shipped_model
 from core.experiments.runner import SYNTHETIC_BANNER, duration, weights_line
 from core.explain.faithfulness import LEARNED, NAMES
-from core.explain.sanity import FLAG_AT, Sanity, cascade, permuted_labels
+from core.explain.sanity import (FLAG_AT, INFIDELITY_DRAWS, RADIUS, SENSITIVITY_DRAWS, SENSITIVITY_SAMPLES, Sanity,
+                                 captum_metrics, cascade, permuted_labels)
 from core.models.registry import get_method
 from core.shipped import weights_of
 from core.train.results import atomic_write_text, write_json
@@ -31,12 +34,14 @@ MODELS = {"cells": "mm_dynamics", "derm7pt": "mm_dynamics", "rosmap": "mm_dynami
           "demo": "mm_dynamics"}
 SAMPLES = {"cells": 24, "derm7pt": 24, "rosmap": 24, "pbc": 24, "demo": 8}
 EXPLAINERS = ("integrated_gradients", "occlusion", "gradient_shap")
+PERMUTED = (0, 1, 2)  # seeds of the permuted-label retrainings (each: its own shuffle and initialisation)
 
 
 
 
 def permuted_model(method, task: str, data_dir, device: str, seed: int = SEED):
-    """The shipped model's recipe trained on its split with the training and validation labels shuffled."""
+    """The shipped model's recipe trained on its split with the training and validation labels shuffled
+    (``seed``: the shuffle and the training's seed)."""
     data, split = card_split(method, task, data_dir)
     rows = np.union1d(split.train, split.val)
     y = data.y.clone()
@@ -57,11 +62,14 @@ def run(task: str, out_dir: str | Path = "results", device: str = "auto", data_d
     names = ((LEARNED,) if learns_maps(method, data, int(idx[0])) else ()) + EXPLAINERS
     result = cascade(method, data, idx, names, seed=SEED, attribution=ATTRIBUTION)
     t_cascade = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    captum_metrics(result, method, data, idx, names, seed=SEED, attribution=ATTRIBUTION)
+    t_metrics = time.perf_counter() - t1
     permuted = ""
     if task != "demo":
         t1 = time.perf_counter()
-        other = permuted_model(method, task, data_dir, device)
-        permuted_labels(result, method, other, data, idx, names, seed=SEED, attribution=ATTRIBUTION)
+        others = [permuted_model(method, task, data_dir, device, seed) for seed in PERMUTED]
+        permuted_labels(result, method, others, data, idx, names, seed=SEED, attribution=ATTRIBUTION)
         permuted = f"{duration(time.perf_counter() - t1)} (retraining and explaining)"
     seconds = time.perf_counter() - t0
     base = Path(out_dir) / data.name / NAME
@@ -76,9 +84,11 @@ def run(task: str, out_dir: str | Path = "results", device: str = "auto", data_d
         "title": NAME, "task": data.name, "synthetic": data.synthetic, "command": cmd, "wall_seconds": round(seconds, 1),
         "source": source, "weights": weights, "samples": int(n), "seed": SEED, "attribution": ATTRIBUTION,
         "layers": result.layer_names, "depths": result.depths, "flag_at": FLAG_AT, "flagged": flagged,
-        "summary": summary.replace({np.nan: None}).to_dict("records"), "figures": [f.name for f in figures]})
+        "summary": summary.replace({np.nan: None}).to_dict("records"),
+        "metrics": pd.DataFrame(result.metric_summary()).replace({np.nan: None}).to_dict("records"),
+        "figures": [f.name for f in figures]})
     atomic_write_text(base.with_suffix(".md"), markdown(result, summary, flagged, data.synthetic, cmd, source, weights,
-                                                        n, len(test), seconds, t_cascade, permuted, figures, data.name))
+                                                        n, len(test), seconds, t_cascade, t_metrics, permuted, figures, data.name))
     return [base.with_suffix(".md"), base.with_suffix(".json"), *figures]
 
 
@@ -89,7 +99,7 @@ register_per_task(NAME, ("cells", "derm7pt", "pbc", "rosmap"),
 
 
 def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], synthetic: bool, cmd: str, source: str,
-             weights: dict, n: int, n_test: int, seconds: float, t_cascade: float, permuted: str,
+             weights: dict, n: int, n_test: int, seconds: float, t_cascade: float, t_metrics: float, permuted: str,
              figures: list[Path], name: str) -> str:
     md = [f"# Sanity checks of the explanations ({name})", ""]
     if synthetic:
@@ -99,13 +109,14 @@ def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], syn
            f"NeurIPS 2018): the model's {len(result.layer_names)} parameterised layers re-drawn from their initial "
            f"distribution from the output side down (per-modality branches level by level), at depths "
            f"{', '.join(map(str, result.depths))} (0: the trained model); "
-           + ("and the same recipe trained on permuted training labels. " if permuted else "no permuted-label "
+           + (f"and the same recipe trained on permuted training labels, {len(PERMUTED)} times (seeds "
+              f"{', '.join(map(str, PERMUTED))}: each its own shuffle and initialisation; the column gives the mean "
+              "and, in brackets, the lowest and highest retraining's). " if permuted else "no permuted-label "
               "retraining for the synthetic task. ")
            + "Similarity to the trained model's explanation of the same sample: Spearman rank correlation of the unit "
            "scores and, for patch maps, SSIM (torchmetrics, each map rescaled to [0, 1]); mean over the samples. "
-           f"An explainer whose mean Spearman with every layer random, or with permuted labels, is still "
-           f"{FLAG_AT} or more is flagged: its picture does not depend on what the model learned. captum's "
-           "sensitivity and infidelity are not reported: the two checks here answer the question asked.", "",
+           f"An explainer whose mean Spearman with every layer random, or with permuted labels (mean of the retrainings), is still "
+           f"{FLAG_AT} or more is flagged: its picture does not depend on what the model learned.", "",
            "Layers, output side first: " + ", ".join(f"`{n_}`" for n_ in result.layer_names) + ".", "",
            "| explainer | modality | measure | " + " | ".join(f"depth {d}" for d in result.depths)
            + (" | permuted labels |" if permuted else " |"),
@@ -114,15 +125,45 @@ def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], syn
         by = {str(r.depth): r.mean for r in g.itertuples()}
         cells = [f"{by[str(d)]:.2f}" if np.isfinite(by.get(str(d), np.nan)) else "—" for d in result.depths]
         if permuted:
-            cells.append(f"{by['permuted']:.2f}" if np.isfinite(by.get("permuted", np.nan)) else "—")
+            p = next((r for r in g.itertuples() if str(r.depth) == "permuted"), None)
+            cells.append(f"{p.mean:.2f} ({p.lowest:.2f} to {p.highest:.2f})" if p is not None and np.isfinite(p.mean)
+                         else "—")
         md.append(f"| {NAMES.get(e, e)} | {m} | {s} | " + " | ".join(cells) + " |")
     if figures:
         shown = next((f.name for f in figures if f.suffix == ".png"), figures[0].name)
         md += ["", f"![Similarity against randomised depth]({shown})"]
-    md += ["", f"Wall time {duration(seconds)} (cascade {duration(t_cascade)}"
+    md += ["", "## captum.metrics of the trained model's explanations", "",
+           "`captum.metrics` (Yeh et al., NeurIPS 2019) on the same samples, in the units the tool shows (omics "
+           "features, patches of the model's grid). **Infidelity** (lower is better): "
+           f"{INFIDELITY_DRAWS} random subsets of the units per sample (each a share drawn uniformly up to a half) "
+           "set to the training mean; the sum of their scores, rescaled by the best factor, against the drop in the "
+           "predicted class's probability (mean squared error). *Random* is a seeded random score per unit: an "
+           "explanation that predicts what masking does beats it; `below random` is the share of samples where it "
+           "does. **Max-sensitivity** (lower: steadier): the largest change of the sample's scores, relative to "
+           f"their norm, over {SENSITIVITY_DRAWS} copies of the input with uniform noise of radius {RADIUS} (in the "
+           f"prepared inputs' units: scaled features, normalised pixels), for the first {SENSITIVITY_SAMPLES} samples "
+           "(each copy is explained again).", "",
+           "| explainer | modality | infidelity mean | infidelity median | below random | max-sensitivity mean | "
+           "max-sensitivity median |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    md += metric_rows(result.metric_summary())
+    md += ["", f"Wall time {duration(seconds)} (cascade {duration(t_cascade)}; captum.metrics {duration(t_metrics)}"
            + (f"; permuted labels {permuted}" if permuted else "") + f"). Raw numbers: `{NAME}.json`.", "",
            "## Findings", "", findings(summary, result, flagged, bool(permuted))]
     return "\n".join(md) + "\n"
+
+
+def metric_rows(metrics: list[dict]) -> list[str]:
+    """One table row per explainer and modality: infidelity (and its share below random), max-sensitivity."""
+    def num(row: dict | None, key: str, fmt: str = "{:.2e}") -> str:
+        v = None if row is None else row.get(key)
+        return fmt.format(v) if v is not None and np.isfinite(v) else "—"
+
+    by: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in metrics:
+        by.setdefault((r["explainer"], r["modality"]), {})[r["metric"]] = r
+    return [f"| {NAMES.get(e, e)} | {m} | {num(v.get('infidelity'), 'mean')} | {num(v.get('infidelity'), 'median')} | "
+            f"{num(v.get('infidelity'), 'below random %', '{:.0f} %')} | {num(v.get('sensitivity'), 'mean')} | "
+            f"{num(v.get('sensitivity'), 'median')} |" for (e, m), v in by.items()]
 
 
 def findings(summary: pd.DataFrame, result: Sanity, flagged: dict[str, str], permuted: bool) -> str:
@@ -136,12 +177,28 @@ def findings(summary: pd.DataFrame, result: Sanity, flagged: dict[str, str], per
                 + ", ".join(f"{m} {first[m]:.2f} after the top layer, {at_full[m]:.2f} with every layer random"
                             for m in at_full))
         if permuted:
-            perm = {r.modality: r.mean for r in g.itertuples() if str(r.depth) == "permuted"}
-            text += "; with permuted labels " + ", ".join(f"{m} {v:.2f}" for m, v in perm.items())
+            perm = {r.modality: r for r in g.itertuples() if str(r.depth) == "permuted"}
+            text += (f"; with permuted labels (mean of {len(PERMUTED)} retrainings, lowest to highest) "
+                     + ", ".join(f"{m} {r.mean:.2f} ({r.lowest:.2f} to {r.highest:.2f})" for m, r in perm.items()))
         text += (f". **Flagged**: {flagged[e]}." if e in flagged else ". It changes with the model, as it should.")
         lines.append(text)
     if LEARNED in result.cascade:
         lines.append("- The learned maps are the gates at the input: by construction they stay the same until the "
                      "cascade reaches the gate layers themselves, so their column shows where in the network the map "
                      "comes from rather than whether it tracks the classifier.")
+    metrics = result.metric_summary()
+    inf = [r for r in metrics if r["metric"] == "infidelity" and np.isfinite(r.get("below random %", np.nan))]
+    if inf:
+        beats = [f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} ({r['below random %']:.0f} %)"
+                 for r in inf if r["below random %"] > 50]
+        loses = [f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} ({r['below random %']:.0f} %)"
+                 for r in inf if r["below random %"] <= 50]
+        lines.append("- **Infidelity**: below the random scores' in most samples for "
+                     + (", ".join(beats) if beats else "no explainer")
+                     + ("; not for " + ", ".join(loses) if loses else "") + ".")
+        sen = sorted((r for r in metrics if r["metric"] == "sensitivity" and np.isfinite(r["mean"])),
+                     key=lambda r: r["mean"])
+        if sen:
+            lines.append("- **Max-sensitivity**, steadiest first: " + ", ".join(
+                f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} {r['mean']:.2g}" for r in sen) + ".")
     return "\n".join(lines)

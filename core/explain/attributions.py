@@ -189,23 +189,42 @@ def attribute(method: Method, data: MultimodalDataset, idx: np.ndarray | None = 
         rows = idx[start:start + batch_size]
         inputs, present = diff.inputs(data, rows)
         t = torch.as_tensor(targets[start:start + batch_size], device=method.device)
-        with _seeded(seed + start):
-            attrs = _captum(explainer, diff, inputs, present, diff.baselines(inputs, baseline), t,
-                            n_steps=n_steps, n_samples=n_samples, n_baselines=n_baselines, stdevs=stdevs,
-                            window=window, seed=seed + start)
-        for m, a in zip(diff.modalities, attrs):
-            a = a.detach().float().cpu()
-            parts[m].append(a.numpy() if specs[m].kind == "omics"
-                            else to_patches(a, p, "sum" if explainer in ADDITIVE else "mean").numpy())
+        units = unit_attributions(explainer, diff, inputs, present, t, baseline=baseline, normalize=normalize,
+                                  n_steps=n_steps, n_samples=n_samples, n_baselines=n_baselines, stdevs=stdevs,
+                                  window=window, seed=seed + start)
+        for m, a in zip(diff.modalities, units):
+            parts[m].append(a.cpu().numpy())
     for m in diff.modalities:
         scores = np.concatenate(parts[m])
-        scores = _scaled(scores) if normalize else scores
         if specs[m].kind == "omics":
             out.feature_scores[m], out.feature_names[m] = scores, specs[m].feature_names
         else:
             out.patch_maps[m], out.patch_size[m], out.image_hw[m] = scores, p, tuple(specs[m].image_shape[1:])
     _blank_absent(out, {m: ~data.present[m][torch.as_tensor(idx)].numpy() for m in diff.modalities})
     return out
+
+
+def unit_attributions(explainer: str, diff: Differentiable, inputs: tuple, present: tuple, target: torch.Tensor, *,
+                      baseline: str = "mean", normalize: bool = True, n_steps: int = 32, n_samples: int = 16,
+                      n_baselines: int = 16, stdevs: float = 0.1, window: int = 2, seed: int = 0
+                      ) -> tuple[torch.Tensor, ...]:
+    """One captum call on prepared ``inputs`` (a batch of samples) towards ``target``: per input, the
+    scores of its units (``N x features``, or ``N x rows x cols`` patches), each sample divided by its
+    largest absolute score when ``normalize``; seeded (see :func:`attribute` for the options)."""
+    with _seeded(seed):
+        attrs = _captum(explainer, diff, inputs, present, diff.baselines(inputs, baseline), target,
+                        n_steps=n_steps, n_samples=n_samples, n_baselines=n_baselines, stdevs=stdevs,
+                        window=window, seed=seed)
+    p, out = patch_size(diff.method), []
+    for m, a in zip(diff.modalities, attrs):
+        a = a.detach().float()
+        if diff.method.specs[m].kind != "omics":
+            a = to_patches(a, p, "sum" if explainer in ADDITIVE else "mean")
+        if normalize:
+            top = a.abs().flatten(1).amax(1).view(-1, *[1] * (a.ndim - 1))
+            a = a / torch.where(top > 0, top, torch.ones_like(top))
+        out.append(a)
+    return tuple(out)
 
 
 def to_patches(pixels: torch.Tensor, patch: int, how: str) -> torch.Tensor:
@@ -281,13 +300,6 @@ def _targets(target: int | np.ndarray | None, proba: np.ndarray) -> np.ndarray:
     if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer) or (t < 0).any() or (t >= c).any():
         raise MMXError(f"target must be a class index in 0..{c - 1}, or one per sample ({n}); got {target!r}")
     return t.astype(np.int64)
-
-
-def _scaled(scores: np.ndarray) -> np.ndarray:
-    """Each sample's scores divided by their largest absolute value (all-zero rows stay zero)."""
-    top = np.abs(scores.reshape(len(scores), -1)).max(1)
-    top = np.where(top > 0, top, 1.0).reshape(-1, *[1] * (scores.ndim - 1))
-    return (scores / top).astype(np.float32)
 
 
 def sample_rows(data: MultimodalDataset, idx: np.ndarray | None) -> np.ndarray:

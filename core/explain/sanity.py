@@ -6,12 +6,24 @@ et al., "Sanity Checks for Saliency Maps" (NeurIPS 2018), for every explainer th
   again. An explanation that stays similar while the layers that make the decision are random is not
   explaining the decision.
 - **Label permutation**: the same recipe trained on permuted training labels (a model that can only
-  memorise); its explanations against the real model's.
+  memorise), several times (each a new shuffle and initialisation: one draw can land near or far from
+  the real model by chance); their explanations against the real model's.
 
 Similarity per sample and modality: Spearman's rank correlation of the unit scores (omics features,
 patches of the model's grid; scipy), and for patch maps the structural similarity (SSIM, torchmetrics)
 of the two maps, each rescaled to [0, 1]. An explainer is *flagged* when its mean Spearman at full
-randomisation (or with permuted labels) is still at least :data:`FLAG_AT`.
+randomisation (or, averaged over the retrainings, with permuted labels) is still at least
+:data:`FLAG_AT`.
+
+Beside them, captum's two metrics of the trained model's explanations (``captum.metrics``, Yeh et al.,
+"On the (In)fidelity and Sensitivity of Explanations", NeurIPS 2019), per explainer and modality:
+
+- **infidelity** in the units the tool shows: random subsets of the units are masked (the fill the
+  attributions use), and the sum of their scores, optimally rescaled, is compared with the drop in the
+  predicted class's probability (mean squared error; lower: the map predicts what masking does). A
+  seeded random score per unit is the reference.
+- **max-sensitivity**: the largest relative change of the explanation under uniform input noise of
+  radius :data:`RADIUS` (lower: a steadier explanation).
 """
 from __future__ import annotations
 
@@ -25,14 +37,22 @@ from torch import nn
 
 from core.data.dataset import MultimodalDataset
 from core.errors import MMXError
-from core.explain.attributions import differentiable
-from core.explain.faithfulness import explanations, unit_scores
+from captum.metrics import infidelity, sensitivity_max
+
+from core.explain.attributions import Differentiable, differentiable, unit_attributions
+from core.explain.faithfulness import LEARNED, RANDOM, explanations, unit_scores
 from core.explain.informativeness import Informativeness
-from core.explain.live import patch_grid
-from core.models.base import Method
+from core.explain.live import patch_grid, patch_size
+from core.models.base import Method, TorchMethod
+from core.models.unet_gate import expand_patches
 
 FLAG_AT = 0.5
 MEASURES = ("spearman", "ssim")
+METRICS = ("infidelity", "sensitivity")
+INFIDELITY_DRAWS = 64  # masked subsets per sample
+SENSITIVITY_DRAWS = 8  # noisy copies per sample
+SENSITIVITY_SAMPLES = 8  # samples whose sensitivity is measured (each re-explains the sample per copy)
+RADIUS = 0.02  # max-sensitivity's noise (captum's default), in the prepared inputs' units
 
 
 def layers(method: Method, data: MultimodalDataset, row: int = 0) -> list[tuple[str, nn.Module]]:
@@ -128,13 +148,15 @@ def similarity(method: Method, a: Informativeness, b: Informativeness) -> dict[s
 @dataclass
 class Sanity:
     """``cascade[explainer][modality][measure]``: ``len(depths) x N`` similarities to the trained model's
-    explanation; ``permuted[explainer][modality][measure]``: N similarities of the label-permuted model's."""
+    explanation; ``permuted[explainer][modality][measure]``: ``retrainings x N`` similarities of the
+    label-permuted models'."""
 
     ids: np.ndarray
     depths: list[int]
     layer_names: list[str]
     cascade: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     permuted: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)  # [explainer][modality][metric]
 
     def summary(self) -> list[dict]:
         """Mean similarity per explainer, modality, measure and depth (depth ``permuted`` for the
@@ -149,9 +171,30 @@ class Sanity:
                                      "n": int(np.isfinite(row).sum())})
                     p = self.permuted.get(e, {}).get(m, {}).get(s)
                     if p is not None:
+                        each = [float(np.nanmean(r)) if np.isfinite(r).any() else np.nan for r in p]
                         rows.append({"explainer": e, "modality": m, "measure": s, "depth": "permuted",
-                                     "mean": float(np.nanmean(p)) if np.isfinite(p).any() else np.nan,
-                                     "n": int(np.isfinite(p).sum())})
+                                     "mean": float(np.nanmean(each)) if np.isfinite(each).any() else np.nan,
+                                     "n": int(np.isfinite(p).sum()), "retrainings": len(p),
+                                     "lowest": float(np.nanmin(each)) if np.isfinite(each).any() else np.nan,
+                                     "highest": float(np.nanmax(each)) if np.isfinite(each).any() else np.nan})
+        return rows
+
+    def metric_summary(self) -> list[dict]:
+        """captum's metrics per explainer, modality and metric: mean and median over the samples, and for
+        infidelity the share of samples where it is below the random scores' (``below random %``)."""
+        rows = []
+        for e, by_m in self.metrics.items():
+            for m, by_s in by_m.items():
+                for s, v in by_s.items():
+                    ok = np.isfinite(v)
+                    row = {"explainer": e, "modality": m, "metric": s, "n": int(ok.sum()),
+                           "mean": float(v[ok].mean()) if ok.any() else np.nan,
+                           "median": float(np.median(v[ok])) if ok.any() else np.nan}
+                    ref = self.metrics.get(RANDOM, {}).get(m, {}).get(s)
+                    if s == "infidelity" and e != RANDOM and ref is not None:
+                        both = ok & np.isfinite(ref)
+                        row["below random %"] = float(100 * np.mean(v[both] < ref[both])) if both.any() else np.nan
+                    rows.append(row)
         return rows
 
     def flagged(self, at: float = FLAG_AT) -> dict[str, str]:
@@ -165,9 +208,10 @@ class Sanity:
                 if full >= at:
                     why.append(f"{m}: rank correlation {full:.2f} with every layer random")
                 p = self.permuted.get(e, {}).get(m, {}).get("spearman")
-                if p is not None and np.isfinite(p).any() and float(np.nanmean(p)) >= at:
-                    why.append(f"{m}: rank correlation {float(np.nanmean(p)):.2f} with a model trained on permuted "
-                               "labels")
+                each = [float(np.nanmean(r)) for r in p if np.isfinite(r).any()] if p is not None else []
+                if each and float(np.mean(each)) >= at:
+                    why.append(f"{m}: rank correlation {float(np.mean(each)):.2f} with models trained on permuted "
+                               f"labels (mean of {len(each)}; {min(each):.2f} to {max(each):.2f})")
             if why:
                 out[e] = "; ".join(why)
         return out
@@ -191,11 +235,132 @@ def cascade(method: Method, data: MultimodalDataset, idx: np.ndarray, explainers
     return out
 
 
-def permuted_labels(sanity: Sanity, method: Method, shuffled: Method, data: MultimodalDataset, idx: np.ndarray,
+def permuted_labels(sanity: Sanity, method: Method, shuffled: list[Method], data: MultimodalDataset, idx: np.ndarray,
                     explainers: tuple[str, ...], *, seed: int = 0, attribution: dict | None = None) -> Sanity:
-    """Add to ``sanity`` the similarity of the explanations of ``shuffled`` (the same recipe trained on
-    permuted labels) to those of ``method``."""
+    """Add to ``sanity`` the similarity of the explanations of each of ``shuffled`` (the same recipe
+    trained on permuted labels, one per shuffle) to those of ``method``."""
     base, _ = explanations(method, data, idx, explainers, seed=seed, attribution=attribution)
-    other, _ = explanations(shuffled, data, idx, explainers, seed=seed, attribution=attribution)
-    sanity.permuted = {e: similarity(method, base[e], other[e]) for e in explainers}
+    each = []
+    for other in shuffled:
+        explained, _ = explanations(other, data, idx, explainers, seed=seed, attribution=attribution)
+        each.append({e: similarity(method, base[e], explained[e]) for e in explainers})
+    sanity.permuted = {e: {m: {s: np.stack([one[e][m][s] for one in each]) for s in by_s}
+                           for m, by_s in each[0][e].items()} for e in explainers}
+    return sanity
+
+
+# ----------------------------------------------------------------------------- captum.metrics
+def _masked_forward(diff: Differentiable, inputs: tuple, present: tuple, j: int, fill: str):
+    """Class probabilities of one sample as a function of ``z`` (``V x units`` in [0, 1]): input ``j``
+    with each unit kept (1) or at the fill (0), the other inputs as given."""
+    m = diff.modalities[j]
+    x, base = inputs[j], diff.baselines(inputs, fill)[j]
+    proba = diff.varying(j, inputs, present)
+    image = diff.method.specs[m].kind != "omics"
+    rows, cols = patch_grid(diff.method, m) if image else (0, 0)
+
+    def forward(z: torch.Tensor) -> torch.Tensor:
+        z = z.to(x)
+        if image:
+            z = expand_patches(z.view(len(z), 1, rows, cols), patch_size(diff.method), x.shape[-2], x.shape[-1])
+        return proba(base + z * (x - base))
+
+    return forward
+
+
+def unit_infidelity(diff: Differentiable, inputs: tuple, present: tuple, j: int, scores: np.ndarray, *,
+                    fill: str = "mean", draws: int = INFIDELITY_DRAWS, seed: int = 0) -> float:
+    """captum's infidelity of one sample's unit ``scores`` for input ``j``: ``draws`` random subsets of
+    the units (each a share drawn uniformly up to a half) masked at ``fill``; the scores, rescaled by the
+    best factor, against the drop in the predicted class's probability. NaN for missing scores."""
+    if not np.isfinite(scores).all():
+        return float("nan")
+    forward = _masked_forward(diff, inputs, present, j, fill)
+    n = len(scores)
+    with torch.no_grad():
+        target = int(forward(torch.ones(1, n)).argmax(1))
+    gen = torch.Generator().manual_seed(seed)
+
+    def perturb(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        share = torch.rand(len(z), 1, generator=gen) * 0.5
+        drop = (torch.rand(z.shape, generator=gen) < share).to(z)
+        return drop, z - drop
+
+    value = infidelity(forward, perturb, torch.ones(1, n), torch.as_tensor(scores, dtype=torch.float32)[None],
+                       target=target, n_perturb_samples=draws, normalize=True)
+    return float(value[0])
+
+
+def _explainer_fn(diff: Differentiable, inputs: tuple, present: tuple, j: int, explainer: str, options: dict):
+    """The explanation of input ``j``'s units as a function of that input (a batch of noisy copies of
+    one sample's, as captum's sensitivity asks), the other inputs as given: captum's explainers
+    (scaled, as the tool shows them) or the model's own learned map."""
+    m = diff.modalities[j]
+
+    def expand(v: torch.Tensor, r: int) -> torch.Tensor:
+        return v.repeat(r, *[1] * (v.ndim - 1))
+
+    def explain_fn(xs: tuple[torch.Tensor, ...], target: torch.Tensor) -> tuple[torch.Tensor]:
+        r = len(xs[0]) // len(inputs[j])
+        full = tuple(xs[0] if i == j else expand(v, r) for i, v in enumerate(inputs))
+        pres = tuple(expand(p, r) for p in present)
+        if explainer != LEARNED:
+            return (unit_attributions(explainer, diff, full, pres, target, **options)[j].flatten(1),)
+        out = diff.method.net(dict(zip(diff.modalities, full)), dict(zip(diff.modalities, pres))).feature_maps[m]
+        if diff.method.specs[m].kind != "omics":
+            out = out[:, 0, ::patch_size(diff.method), ::patch_size(diff.method)].flatten(1)
+        return (out,)  # a tuple: captum iterates over the original's explanation
+
+    return explain_fn
+
+
+def unit_sensitivity(diff: Differentiable, inputs: tuple, present: tuple, j: int, explainer: str, *,
+                     options: dict | None = None, draws: int = SENSITIVITY_DRAWS, radius: float = RADIUS,
+                     seed: int = 0) -> float:
+    """captum's max-sensitivity of one sample's explanation of input ``j``: the largest change of its
+    unit scores, relative to their norm, over ``draws`` copies of the input with uniform noise of
+    ``radius``."""
+    explain_fn = _explainer_fn(diff, inputs, present, j, explainer, {"seed": seed, **(options or {})})
+    with torch.no_grad():
+        target = diff.varying(j, inputs, present)(inputs[j]).argmax(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        value = sensitivity_max(explain_fn, (inputs[j],), perturb_radius=radius, n_perturb_samples=draws,
+                                target=target)
+    return float(value[0])
+
+
+def captum_metrics(sanity: Sanity, method: Method, data: MultimodalDataset, idx: np.ndarray,
+                   explainers: tuple[str, ...], *, seed: int = 0, attribution: dict | None = None,
+                   sensitivity_samples: int = SENSITIVITY_SAMPLES) -> Sanity:
+    """Add to ``sanity`` captum's infidelity of each explainer's explanation of each sample ``idx`` by
+    the trained ``method``, per modality, and the max-sensitivity of the first ``sensitivity_samples``;
+    infidelity also for a seeded random score per unit (``random``), the reference an explanation
+    should beat. Learned maps get a sensitivity only from a torch network whose forward pass returns
+    them."""
+    diff = differentiable(method)
+    explained, _ = explanations(method, data, idx, explainers, seed=seed, attribution=attribution)
+    options = {k: v for k, v in (attribution or {}).items()}
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {e: {} for e in (*explainers, RANDOM)}
+    for j, m in enumerate(diff.modalities):
+        scores = {e: unit_scores(diff.method, explained[e], m) for e in explainers}
+        scores = {e: v for e, v in scores.items() if v is not None}
+        if not scores:
+            continue
+        n_units = next(iter(scores.values())).shape[1]
+        scores[RANDOM] = np.random.default_rng([seed, j]).random((len(idx), n_units))
+        for e in scores:
+            out[e][m] = {"infidelity": np.full(len(idx), np.nan)}
+            if e != RANDOM and (e != LEARNED or isinstance(diff.method, TorchMethod)):
+                out[e][m]["sensitivity"] = np.full(len(idx), np.nan)
+        for i, row in enumerate(idx):
+            inputs, present = diff.inputs(data, np.asarray([row]))
+            if not bool(present[j][0]):
+                continue
+            for e, v in scores.items():
+                out[e][m]["infidelity"][i] = unit_infidelity(diff, inputs, present, j, v[i], seed=seed + i)
+                if "sensitivity" in out[e][m] and i < sensitivity_samples:
+                    out[e][m]["sensitivity"][i] = unit_sensitivity(diff, inputs, present, j, e, options=options,
+                                                                   seed=seed + i)
+    sanity.metrics = {e: by_m for e, by_m in out.items() if by_m}
     return sanity
