@@ -12,6 +12,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
+LABELS = {"learned": "Learned FI", "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion",
+          "gradient_shap": "GradientSHAP"}
 
 
 def _table_with(at, column: str):
@@ -115,6 +117,13 @@ def test_explainers_page_shows_every_map_and_its_curves(data_dir):
     assert auc["deletion AUC"].between(0, 1).all() and auc["insertion AUC"].between(0, 1).all()
     assert any("Learned FI" in set(d.value.get("Explainer", [])) for d in at.dataframe
                if "Explainer" in d.value.columns)  # the committed cohort table
+    sanity = json.loads((ROOT / "results" / "derm7pt" / "sanity.json").read_text())
+    warned = [w.value for w in at.warning if w.value.startswith("Sanity check")]
+    assert len(warned) == len(sanity["flagged"]) and all(  # results/derm7pt/sanity.md's flags, in words
+        any(LABELS[e] in w for w in warned) for e in sanity["flagged"])
+    metrics = _table_with(at, "infidelity (median)")
+    assert {"Random", "Integrated Gradients"} <= set(metrics["explainer"]) and set(metrics["modality"]) == {"clinic",
+                                                                                                        "derm"}
     at.get("button_group")[0].set_value(["integrated_gradients"]).run()
     names = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert "Occlusion" not in names and names.count("Integrated Gradients") == 2
@@ -250,8 +259,7 @@ def test_what_would_change_it_draws_each_explainers_set_and_applies_it_on_predic
     found = sets[(sets["found"]) & (sets["modality"] == "derm") & (sets["explainer"] != "Random")]
     assert len(found), sets
     row = found.iloc[0]
-    key = {"Learned FI": "learned", "Integrated Gradients": "integrated_gradients", "Occlusion": "occlusion",
-           "GradientSHAP": "gradient_shap"}[row["explainer"]]
+    key = {v: k for k, v in LABELS.items()}[row["explainer"]]
     at.button(key=f"cf_apply:derm:{key}").click().run()
     assert not at.exception, at.exception
     patches = at.text_input(key="patches:derm").value
@@ -259,6 +267,17 @@ def test_what_would_change_it_draws_each_explainers_set_and_applies_it_on_predic
     labels = _metrics(at)
     assert "Masked: predicted class" in labels  # Predict shows the set applied to its live masks
     assert labels["Masked: predicted class"] == row["becomes"]
+
+
+def test_what_would_change_it_says_in_one_line_when_no_order_changes_an_image(data_dir):
+    at = _page(_app("cells/mm_dynamics"), "views/explainers.py")
+    assert not at.error, [e.value for e in at.error]
+    sets = _table_with(at, "becomes")
+    image = sets[sets["modality"] == "image"]
+    assert len(image) == 5 and not image["found"].any()  # the cell image alone never changes this answer
+    assert any(md.value.startswith("**image**: no set of at most 50% of its patches changes") for md in at.markdown)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert not any("none within" in t for t in titles), titles
 
 
 def test_what_would_change_it_lets_a_feature_set_be_edited(data_dir):

@@ -52,6 +52,11 @@ def what_would_change_it(cur, names: tuple[str, ...], explained: dict) -> None:
                f"on; Random is a seeded random order. Searched in {cf.seconds:.2f} s.")
     for m in [m for m in method.predicts_from() if m in sample.present and m in cols]:
         sets = {e: s for (mm, e, k), s in cf.sets.items() if mm == m and k == kind}
+        if not any(s.found for s in sets.values()):  # one line, not a row of identical unmarked images
+            st.markdown(f"**{m}**: no set of at most {100 * budget:.0f}% of its patches "
+                        f"{'changes' if kind == 'flip' else 'keeps'} the answer, in any explainer's order or a random "
+                        "one.")
+            continue
         grid_cols = st.columns(min(len(sets), 3) or 1)
         for i, (e, s) in enumerate(sets.items()):
             head = (f"{NAMES.get(e, e)}: {s.size} patches ({100 * s.share:.0f}%) → {method.classes[s.result]}"
@@ -195,6 +200,21 @@ if sanity and (cur.model_key in sanity.get("weights", {})) and not stale_weights
     if not sanity.get("flagged"):
         st.caption(f"Sanity checks (`results/{cur.shipped.task}/sanity.md`): every explainer's maps change when the "
                    "model's layers are randomised and with permuted labels, as they should.")
+    if sanity.get("metrics"):
+        metrics = pd.DataFrame(sanity["metrics"]).pivot_table(
+            index=["explainer", "modality"], columns="metric", values="median", sort=False).reset_index()
+        below = {(r["explainer"], r["modality"]): r.get("below random %") for r in sanity["metrics"]
+                 if r["metric"] == "infidelity"}
+        metrics["infidelity below random, % of samples"] = [below.get((e, m)) for e, m in
+                                                            zip(metrics["explainer"], metrics["modality"])]
+        metrics["explainer"] = metrics["explainer"].map(lambda e: NAMES.get(e, e))
+        table(metrics.rename(columns={"infidelity": "infidelity (median)", "sensitivity": "max-sensitivity (median)"}),
+              f"explainers_captum_metrics_{cur.shipped.task}")
+        n = {r["metric"]: r["n"] for r in sanity["metrics"]}
+        st.caption(f"captum.metrics (`results/{cur.shipped.task}/sanity.md`): infidelity over {n.get('infidelity')} "
+                   "test samples (lower: the scores predict what masking random units does; Random is the reference), "
+                   f"max-sensitivity over {n.get('sensitivity', 0)} (lower: the explanation moves less under small "
+                   "input noise).")
 
 st.subheader("Over the test split")
 md = REPO_ROOT / "results" / cur.shipped.task / "faithfulness.md"
