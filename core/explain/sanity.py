@@ -340,7 +340,7 @@ def captum_metrics(sanity: Sanity, method: Method, data: MultimodalDataset, idx:
     them."""
     diff = differentiable(method)
     explained, _ = explanations(method, data, idx, explainers, seed=seed, attribution=attribution)
-    options = {k: v for k, v in (attribution or {}).items()}
+    options = dict(attribution or {})
     out: dict[str, dict[str, dict[str, np.ndarray]]] = {e: {} for e in (*explainers, RANDOM)}
     for j, m in enumerate(diff.modalities):
         scores = {e: unit_scores(diff.method, explained[e], m) for e in explainers}
