@@ -208,6 +208,10 @@ if sanity and (cur.model_key in sanity.get("weights", {})) and not stale_weights
         metrics["infidelity below random, % of samples"] = [below.get((e, m)) for e, m in
                                                             zip(metrics["explainer"], metrics["modality"])]
         metrics["explainer"] = metrics["explainer"].map(lambda e: NAMES.get(e, e))
+        for col in ("infidelity", "sensitivity"):  # 3 significant digits: infidelities are as small as 1e-7
+            if col in metrics:
+                metrics[col] = metrics[col].map(lambda v: float(f"{v:.3g}"))
+        metrics["infidelity below random, % of samples"] = metrics["infidelity below random, % of samples"].round()
         table(metrics.rename(columns={"infidelity": "infidelity (median)", "sensitivity": "max-sensitivity (median)"}),
               f"explainers_captum_metrics_{cur.shipped.task}")
         n = {r["metric"]: r["n"] for r in sanity["metrics"]}
