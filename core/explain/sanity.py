@@ -156,6 +156,7 @@ class Sanity:
     layer_names: list[str]
     cascade: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     permuted: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    explained: dict[str, Informativeness] = field(default_factory=dict)  # the trained model's, every check's reference
     metrics: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)  # [explainer][modality][metric]
 
     def summary(self) -> list[dict]:
@@ -223,7 +224,7 @@ def cascade(method: Method, data: MultimodalDataset, idx: np.ndarray, explainers
     names = [n for n, _ in layers(method, data, int(idx[0]))]
     ds = depths(len(names), most)
     base, _ = explanations(method, data, idx, explainers, seed=seed, attribution=attribution)
-    out = Sanity(data.ids[idx], ds, names)
+    out = Sanity(data.ids[idx], ds, names, explained=base)
     per_depth = []
     for d in ds:
         model = method if d == 0 else randomised(method, names, d, seed)
@@ -238,8 +239,9 @@ def cascade(method: Method, data: MultimodalDataset, idx: np.ndarray, explainers
 def permuted_labels(sanity: Sanity, method: Method, shuffled: list[Method], data: MultimodalDataset, idx: np.ndarray,
                     explainers: tuple[str, ...], *, seed: int = 0, attribution: dict | None = None) -> Sanity:
     """Add to ``sanity`` the similarity of the explanations of each of ``shuffled`` (the same recipe
-    trained on permuted labels, one per shuffle) to those of ``method``."""
-    base, _ = explanations(method, data, idx, explainers, seed=seed, attribution=attribution)
+    trained on permuted labels, one per shuffle) to those of ``method`` (``sanity.explained``, from
+    :func:`cascade`)."""
+    base = sanity.explained
     each = []
     for other in shuffled:
         explained, _ = explanations(other, data, idx, explainers, seed=seed, attribution=attribution)
@@ -336,10 +338,10 @@ def captum_metrics(sanity: Sanity, method: Method, data: MultimodalDataset, idx:
     """Add to ``sanity`` captum's infidelity of each explainer's explanation of each sample ``idx`` by
     the trained ``method``, per modality, and the max-sensitivity of the first ``sensitivity_samples``;
     infidelity also for a seeded random score per unit (``random``), the reference an explanation
-    should beat. Learned maps get a sensitivity only from a torch network whose forward pass returns
-    them."""
+    should beat (the explanations: ``sanity.explained``, from :func:`cascade`). Learned maps get a
+    sensitivity only from a torch network whose forward pass returns them."""
     diff = differentiable(method)
-    explained, _ = explanations(method, data, idx, explainers, seed=seed, attribution=attribution)
+    explained = sanity.explained
     options = dict(attribution or {})
     out: dict[str, dict[str, dict[str, np.ndarray]]] = {e: {} for e in (*explainers, RANDOM)}
     for j, m in enumerate(diff.modalities):
