@@ -149,11 +149,7 @@ def bootstrap(runs: Mapping[str, Sequence[Mapping]], metric: str,
     with np.errstate(invalid="ignore"):
         reps = np.asarray(statistic({k: np.nanmean(vals[k][rr, kk], axis=1) for k in labels}), dtype=float)
         est = float(np.asarray(statistic({k: np.array([np.nanmean(full[k])]) for k in labels}))[0])
-    reps = reps[np.isfinite(reps)]
-    if len(reps) == 0:
-        return Interval(est, float("nan"), float("nan"), level)
-    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
-    return Interval(est, float(lo), float(hi), level)
+    return _percentile(est, reps, level)
 
 
 def difference(runs_a: Sequence[Mapping], runs_b: Sequence[Mapping], metric: str, **kw) -> Interval:
@@ -177,6 +173,29 @@ def paired_median_difference(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT,
     if not len(a):
         return Interval(float("nan"), float("nan"), float("nan"), level)
     idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
-    reps = np.median(a[idx], 1) - np.median(b[idx], 1)
+    return _percentile(float(np.median(a) - np.median(b)), np.median(a[idx], 1) - np.median(b[idx], 1), level)
+
+
+def sample_interval(values: np.ndarray, statistic: Callable[..., np.ndarray] = np.nanmean, n_boot: int = N_BOOT,
+                    seed: int = 0, level: float = LEVEL) -> Interval:
+    """Interval of ``statistic`` over the samples (the last axis of ``values``; NaN: a sample without a
+    value), averaged over the first axis when there are two (e.g. retrainings, each scored on the same
+    samples): the samples resampled with replacement, the same draws for every row."""
+    v = np.atleast_2d(np.asarray(values, dtype=float))
+    if not np.isfinite(v).any():
+        return Interval(float("nan"), float("nan"), float("nan"), level)
+    idx = np.random.default_rng(seed).integers(0, v.shape[-1], (n_boot, v.shape[-1]))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample (or a row) with no finite value
+        est = float(np.nanmean(statistic(v, axis=-1)))
+        reps = np.nanmean(statistic(v[:, idx], axis=-1), axis=0)
+    return _percentile(est, reps, level)
+
+
+def _percentile(estimate: float, reps: np.ndarray, level: float) -> Interval:
+    """``estimate`` with the percentile interval of its bootstrap replicates ``reps`` (non-finite ones dropped)."""
+    reps = reps[np.isfinite(reps)]
+    if not len(reps):
+        return Interval(estimate, float("nan"), float("nan"), level)
     lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
-    return Interval(float(np.median(a) - np.median(b)), float(lo), float(hi), level)
+    return Interval(estimate, float(lo), float(hi), level)

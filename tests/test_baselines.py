@@ -266,8 +266,14 @@ def test_derm_findings_compare_the_two_images_and_the_majority_rate(make_table):
     resnet = derm_rows(", ResNet")[1].label
     text = derm_findings(make_table({clinic: 0.30, derm: 0.40, resnet: 0.70}, n_classes=5), ("NEV", 0.55))
     assert f"Encoder, ResNet against the small CNN: **{resnet} above {derm}**" in text
+    assert f"Goal for the dermoscopic image: balanced accuracy 62 or more. Best row: {resnet}" in text
+    assert text.split("Goal for the dermoscopic image")[1].split("\n")[0].endswith("met.")
     text = derm_findings(make_table({clinic: 0.60, derm: 0.61}, n_classes=5), ("NEV", 0.55))
     assert "**no difference called**" in text and "below the 55.0%" not in text
+    assert f"Goal for the clinical photo: balanced accuracy 55 or more. Best row: {clinic}" in text
+    goal = text.split("Goal for the dermoscopic image")[1].split("\n")[0]  # ~61: short of 62
+    got = float(goal.split(", ")[-1].split(":")[0])
+    assert got < 62 and goal.endswith(f"missed by {62 - got:.1f} points.")
 
 
 def test_early_fusion_search_folds_keep_groups_whole():

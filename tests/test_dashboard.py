@@ -124,6 +124,8 @@ def test_explainers_page_shows_every_map_and_its_curves(data_dir):
     metrics = _table_with(at, "infidelity (median)")
     assert {"Random", "Integrated Gradients"} <= set(metrics["explainer"]) and set(metrics["modality"]) == {"clinic",
                                                                                                         "derm"}
+    ratio = metrics.set_index("explainer")["infidelity to random (median ratio)"]
+    assert (ratio["Integrated Gradients"] > 0).all() and ratio["Random"].isna().all()  # the reference has no ratio
     at.get("button_group")[0].set_value(["integrated_gradients"]).run()
     names = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert "Occlusion" not in names and names.count("Integrated Gradients") == 2

@@ -3,6 +3,8 @@ explanations less similar to the trained model's; the learned gates sit at the i
 the same until the cascade reaches them; a model trained on permuted labels explains otherwise."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,10 @@ def test_a_model_trained_on_permuted_labels_is_compared(trained):
                and r["modality"] == "rna")
     assert row["retrainings"] == 2 and row["highest"] == 1.0 and row["lowest"] < 0.9
     assert np.isclose(row["mean"], (row["lowest"] + row["highest"]) / 2)
+    assert row["low"] <= row["mean"] <= row["high"] and row["low"] < row["high"]  # an interval over the samples
+    stored = json.loads(json.dumps(s.per_sample()))  # what the table's JSON keeps: every sample's similarity
+    assert np.allclose(np.asarray(stored["permuted"]["integrated_gradients"]["rna"]["spearman"], dtype=float), p,
+                       atol=1e-6, equal_nan=True) and stored["ids"] == [str(i) for i in data.ids[idx]]
     flagged = s.flagged(at=-1.0)  # every explainer is flagged at an impossible bar, with its reasons
     assert "integrated_gradients" in flagged and "permuted labels" in flagged["integrated_gradients"]
 
@@ -93,6 +99,8 @@ def test_captum_metrics_rank_explanations_against_random_scores(trained):
     ig = next(r for r in rows if r["explainer"] == "integrated_gradients" and r["metric"] == "infidelity"
               and r["modality"] == "rna")
     assert ig["below random %"] >= 70
+    assert ig["to random low"] <= ig["to random"] < 1 and ig["to random high"] >= ig["to random"]
+    assert ig["low"] <= ig["median"] <= ig["high"]
 
 
 def test_sensitivity_grows_with_the_noise_and_is_zero_without(trained):

@@ -120,3 +120,19 @@ def test_multiclass_auroc_and_class_recall_match_the_metrics():
     assert stats.run_metric(run, "recall_class_1", idx, 4)[0] == pytest.approx(recall_1)
     binary = {"y": (y == 1).astype(int), "proba": np.column_stack([1 - proba[:, 1], proba[:, 1]])}
     assert stats.run_metric(binary, "auroc", idx, 2)[0] == pytest.approx(roc_auc_score(binary["y"], proba[:, 1]))
+
+
+def test_sample_interval_covers_the_mean_and_averages_rows_on_the_same_draws():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0.3, 0.2, 200)
+    ci = stats.sample_interval(v)
+    assert ci.low < 0.3 < ci.high and np.isclose(ci.estimate, v.mean()) and ci.high - ci.low < 0.1
+    few = stats.sample_interval(v[:20])
+    assert few.high - few.low > ci.high - ci.low  # fewer samples: a wider interval
+    two = stats.sample_interval(np.stack([v, v + 1.0]))  # rows resampled together: the mean of two rows, offset 0.5
+    assert np.isclose(two.estimate, v.mean() + 0.5) and np.isclose(two.low, ci.low + 0.5)
+    with_gaps = v.copy()
+    with_gaps[::4] = np.nan  # a sample without a value is left out, not counted as 0
+    assert np.isclose(stats.sample_interval(with_gaps).estimate, np.nanmean(with_gaps))
+    assert np.isclose(stats.sample_interval(v, np.nanmedian).estimate, np.median(v))
+    assert np.isnan(stats.sample_interval(np.full(5, np.nan)).estimate)

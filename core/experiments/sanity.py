@@ -37,8 +37,6 @@ EXPLAINERS = ("integrated_gradients", "occlusion", "gradient_shap")
 PERMUTED = (0, 1, 2)  # seeds of the permuted-label retrainings (each: its own shuffle and initialisation)
 
 
-
-
 def permuted_model(method, task: str, data_dir, device: str, seed: int = SEED):
     """The shipped model's recipe trained on its split with the training and validation labels shuffled
     (``seed``: the shuffle and the training's seed)."""
@@ -86,6 +84,7 @@ def run(task: str, out_dir: str | Path = "results", device: str = "auto", data_d
         "layers": result.layer_names, "depths": result.depths, "flag_at": FLAG_AT, "flagged": flagged,
         "summary": summary.replace({np.nan: None}).to_dict("records"),
         "metrics": pd.DataFrame(result.metric_summary()).replace({np.nan: None}).to_dict("records"),
+        "per_sample": result.per_sample(),
         "figures": [f.name for f in figures]})
     atomic_write_text(base.with_suffix(".md"), markdown(result, summary, flagged, data.synthetic, cmd, source, weights,
                                                         n, len(test), seconds, t_cascade, t_metrics, permuted, figures, data.name))
@@ -111,10 +110,12 @@ def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], syn
            f"{', '.join(map(str, result.depths))} (0: the trained model); "
            + (f"and the same recipe trained on permuted training labels, {len(PERMUTED)} times (seeds "
               f"{', '.join(map(str, PERMUTED))}: each its own shuffle and initialisation; the column gives the mean "
-              "and, in brackets, the lowest and highest retraining's). " if permuted else "no permuted-label "
+              "and its interval, then the lowest and highest retraining's mean). " if permuted else "no permuted-label "
               "retraining for the synthetic task. ")
            + "Similarity to the trained model's explanation of the same sample: Spearman rank correlation of the unit "
-           "scores and, for patch maps, SSIM (torchmetrics, each map rescaled to [0, 1]); mean over the samples. "
+           "scores and, for patch maps, SSIM (torchmetrics, each map rescaled to [0, 1]); mean over the samples, "
+           "in brackets its 95 % bootstrap interval (the samples resampled; for permuted labels the same draws "
+           "for every retraining). "
            f"An explainer whose mean Spearman with every layer random, or with permuted labels (mean of the retrainings), is still "
            f"{FLAG_AT} or more is flagged: its picture does not depend on what the model learned.", "",
            "Layers, output side first: " + ", ".join(f"`{n_}`" for n_ in result.layer_names) + ".", "",
@@ -122,11 +123,11 @@ def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], syn
            + (" | permuted labels |" if permuted else " |"),
            "| --- | --- | --- |" + " --- |" * (len(result.depths) + bool(permuted))]
     for (e, m, s), g in summary.groupby(["explainer", "modality", "measure"], sort=False):
-        by = {str(r.depth): r.mean for r in g.itertuples()}
-        cells = [f"{by[str(d)]:.2f}" if np.isfinite(by.get(str(d), np.nan)) else "—" for d in result.depths]
+        by = {str(r.depth): r for r in g.itertuples()}
+        cells = [ci(by.get(str(d))) for d in result.depths]
         if permuted:
-            p = next((r for r in g.itertuples() if str(r.depth) == "permuted"), None)
-            cells.append(f"{p.mean:.2f} ({p.lowest:.2f} to {p.highest:.2f})" if p is not None and np.isfinite(p.mean)
+            p = by.get("permuted")
+            cells.append(f"{ci(p)}; {p.lowest:.2f} to {p.highest:.2f}" if p is not None and np.isfinite(p.mean)
                          else "—")
         md.append(f"| {NAMES.get(e, e)} | {m} | {s} | " + " | ".join(cells) + " |")
     if figures:
@@ -142,9 +143,12 @@ def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], syn
            "does. **Max-sensitivity** (lower: steadier): the largest change of the sample's scores, relative to "
            f"their norm, over {SENSITIVITY_DRAWS} copies of the input with uniform noise of radius {RADIUS} (in the "
            f"prepared inputs' units: scaled features, normalised pixels), for the first {SENSITIVITY_SAMPLES} samples "
-           "(each copy is explained again).", "",
-           "| explainer | modality | infidelity mean | infidelity median | below random | max-sensitivity mean | "
-           "max-sensitivity median |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "(each copy is explained again). Medians with their 95 % bootstrap interval over the samples; *to random* is "
+           "the median over the samples of the ratio of a sample's infidelity to its random scores' (infidelities "
+           "of different samples differ by orders of magnitude; the ratio compares like with like): below 1 with "
+           "the whole interval, the explanation predicts masking better than chance.", "",
+           "| explainer | modality | infidelity median | to random | below random | max-sensitivity median |",
+           "| --- | --- | --- | --- | --- | --- |"]
     md += metric_rows(result.metric_summary())
     md += ["", f"Wall time {duration(seconds)} (cascade {duration(t_cascade)}; captum.metrics {duration(t_metrics)}"
            + (f"; permuted labels {permuted}" if permuted else "") + f"). Raw numbers: `{NAME}.json`.", "",
@@ -152,18 +156,32 @@ def markdown(result: Sanity, summary: pd.DataFrame, flagged: dict[str, str], syn
     return "\n".join(md) + "\n"
 
 
-def metric_rows(metrics: list[dict]) -> list[str]:
-    """One table row per explainer and modality: infidelity (and its share below random), max-sensitivity."""
-    def num(row: dict | None, key: str, fmt: str = "{:.2e}") -> str:
-        v = None if row is None else row.get(key)
-        return fmt.format(v) if v is not None and np.isfinite(v) else "—"
+def ci(row, fmt: str = "{:.2f}", est: str = "mean", low: str = "low", high: str = "high") -> str:
+    """``0.12 [0.05, 0.20]`` from a summary row (a named tuple or a dict); ``—`` without a value."""
+    get = (lambda k: row.get(k)) if isinstance(row, dict) else (lambda k: getattr(row, k, None))
+    v = None if row is None else get(est)
+    if v is None or not np.isfinite(v):
+        return "—"
+    lo, hi = get(low), get(high)
+    bounds = f" [{fmt.format(lo)}, {fmt.format(hi)}]" if lo is not None and np.isfinite(lo) else ""
+    return fmt.format(v) + bounds
 
+
+def metric_rows(metrics: list[dict]) -> list[str]:
+    """One table row per explainer and modality: infidelity, its paired difference to random and the share
+    of samples below random, max-sensitivity; medians with their intervals."""
     by: dict[tuple[str, str], dict[str, dict]] = {}
     for r in metrics:
         by.setdefault((r["explainer"], r["modality"]), {})[r["metric"]] = r
-    return [f"| {NAMES.get(e, e)} | {m} | {num(v.get('infidelity'), 'mean')} | {num(v.get('infidelity'), 'median')} | "
-            f"{num(v.get('infidelity'), 'below random %', '{:.0f} %')} | {num(v.get('sensitivity'), 'mean')} | "
-            f"{num(v.get('sensitivity'), 'median')} |" for (e, m), v in by.items()]
+    out = []
+    for (e, m), v in by.items():
+        inf, sen = v.get("infidelity"), v.get("sensitivity")
+        share = None if inf is None else inf.get("below random %")
+        out.append(f"| {NAMES.get(e, e)} | {m} | {ci(inf, '{:.2e}', 'median')} | "
+                   f"{ci(inf, '{:.2f}', 'to random', 'to random low', 'to random high')} | "
+                   f"{f'{share:.0f} %' if share is not None and np.isfinite(share) else '—'} | "
+                   f"{ci(sen, '{:.2e}', 'median')} |")
+    return out
 
 
 def findings(summary: pd.DataFrame, result: Sanity, flagged: dict[str, str], permuted: bool) -> str:
@@ -171,15 +189,16 @@ def findings(summary: pd.DataFrame, result: Sanity, flagged: dict[str, str], per
     full = str(result.depths[-1])
     rho = summary[summary.measure == "spearman"]
     for e, g in rho.groupby("explainer", sort=False):
-        at_full = {r.modality: r.mean for r in g.itertuples() if str(r.depth) == full}
-        first = {r.modality: r.mean for r in g.itertuples() if str(r.depth) == str(result.depths[1])}
-        text = (f"- **{NAMES.get(e, e)}**: rank correlation with the trained model's maps "
-                + ", ".join(f"{m} {first[m]:.2f} after the top layer, {at_full[m]:.2f} with every layer random"
+        at_full = {r.modality: r for r in g.itertuples() if str(r.depth) == full}
+        first = {r.modality: r for r in g.itertuples() if str(r.depth) == str(result.depths[1])}
+        text = (f"- **{NAMES.get(e, e)}**: rank correlation with the trained model's maps (mean [95 % interval]) "
+                + ", ".join(f"{m} {ci(first[m])} after the top layer, {ci(at_full[m])} with every layer random"
                             for m in at_full))
         if permuted:
             perm = {r.modality: r for r in g.itertuples() if str(r.depth) == "permuted"}
-            text += (f"; with permuted labels (mean of {len(PERMUTED)} retrainings, lowest to highest) "
-                     + ", ".join(f"{m} {r.mean:.2f} ({r.lowest:.2f} to {r.highest:.2f})" for m, r in perm.items()))
+            text += (f"; with permuted labels (mean of {len(PERMUTED)} retrainings, then the lowest to highest "
+                     "retraining's) " + ", ".join(f"{m} {ci(r)}, {r.lowest:.2f} to {r.highest:.2f}"
+                                                  for m, r in perm.items()))
         text += (f". **Flagged**: {flagged[e]}." if e in flagged else ". It changes with the model, as it should.")
         lines.append(text)
     if LEARNED in result.cascade:
@@ -187,18 +206,23 @@ def findings(summary: pd.DataFrame, result: Sanity, flagged: dict[str, str], per
                      "cascade reaches the gate layers themselves, so their column shows where in the network the map "
                      "comes from rather than whether it tracks the classifier.")
     metrics = result.metric_summary()
-    inf = [r for r in metrics if r["metric"] == "infidelity" and np.isfinite(r.get("below random %", np.nan))]
+    inf = [r for r in metrics if r["metric"] == "infidelity" and np.isfinite(r.get("to random", np.nan))]
     if inf:
-        beats = [f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} ({r['below random %']:.0f} %)"
-                 for r in inf if r["below random %"] > 50]
-        loses = [f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} ({r['below random %']:.0f} %)"
-                 for r in inf if r["below random %"] <= 50]
-        lines.append("- **Infidelity**: below the random scores' in most samples for "
-                     + (", ".join(beats) if beats else "no explainer")
-                     + ("; not for " + ", ".join(loses) if loses else "") + ".")
-        sen = sorted((r for r in metrics if r["metric"] == "sensitivity" and np.isfinite(r["mean"])),
-                     key=lambda r: r["mean"])
-        if sen:
-            lines.append("- **Max-sensitivity**, steadiest first: " + ", ".join(
-                f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} {r['mean']:.2g}" for r in sen) + ".")
+        def named(r: dict) -> str:
+            return (f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} "
+                    f"({ci(r, '{:.2f}', 'to random', 'to random low', 'to random high')}; "
+                    f"{r['below random %']:.0f} % of samples below)")
+        beats = [named(r) for r in inf if r["to random high"] < 1]
+        worse = [named(r) for r in inf if r["to random low"] > 1]
+        tied = [named(r) for r in inf if r["to random high"] >= 1 >= r["to random low"]]
+        lines.append("- **Infidelity** (median ratio to the random scores' on the same sample [95 % interval]): "
+                     "below random, the whole interval below 1, for " + (", ".join(beats) if beats else "no explainer")
+                     + ("; not told apart from random for " + ", ".join(tied) if tied else "")
+                     + ("; above random for " + ", ".join(worse) if worse else "") + ".")
+    sen = sorted((r for r in metrics if r["metric"] == "sensitivity" and np.isfinite(r["median"])),
+                 key=lambda r: r["median"])
+    if sen:
+        lines.append("- **Max-sensitivity** (median [95 % interval]), steadiest first: " + ", ".join(
+            f"{NAMES.get(r['explainer'], r['explainer'])} on {r['modality']} {ci(r, '{:.2g}', 'median')}"
+            for r in sen) + ".")
     return "\n".join(lines)

@@ -36,15 +36,16 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from core.data.dataset import MultimodalDataset
-from core.errors import MMXError
 from captum.metrics import infidelity, sensitivity_max
 
+from core.errors import MMXError
 from core.explain.attributions import Differentiable, differentiable, unit_attributions
 from core.explain.faithfulness import LEARNED, RANDOM, explanations, unit_scores
 from core.explain.informativeness import Informativeness
 from core.explain.live import patch_grid, patch_size
 from core.models.base import Method, TorchMethod
 from core.models.unet_gate import expand_patches
+from core.stats import sample_interval
 
 FLAG_AT = 0.5
 MEASURES = ("spearman", "ssim")
@@ -161,61 +162,84 @@ class Sanity:
 
     def summary(self) -> list[dict]:
         """Mean similarity per explainer, modality, measure and depth (depth ``permuted`` for the
-        label-permuted model)."""
+        label-permuted models: the mean of the retrainings' means, with the lowest and highest), with a
+        bootstrap 95 % interval over the samples (``low``, ``high``)."""
         rows = []
         for e, by_m in self.cascade.items():
             for m, by_s in by_m.items():
                 for s, v in by_s.items():
                     for d, row in zip(self.depths, v):
-                        rows.append({"explainer": e, "modality": m, "measure": s, "depth": d,
-                                     "mean": float(np.nanmean(row)) if np.isfinite(row).any() else np.nan,
-                                     "n": int(np.isfinite(row).sum())})
+                        ci = sample_interval(row)
+                        rows.append({"explainer": e, "modality": m, "measure": s, "depth": d, "mean": ci.estimate,
+                                     "low": ci.low, "high": ci.high, "n": int(np.isfinite(row).sum())})
                     p = self.permuted.get(e, {}).get(m, {}).get(s)
                     if p is not None:
+                        ci = sample_interval(p)
                         each = [float(np.nanmean(r)) if np.isfinite(r).any() else np.nan for r in p]
                         rows.append({"explainer": e, "modality": m, "measure": s, "depth": "permuted",
-                                     "mean": float(np.nanmean(each)) if np.isfinite(each).any() else np.nan,
+                                     "mean": ci.estimate, "low": ci.low, "high": ci.high,
                                      "n": int(np.isfinite(p).sum()), "retrainings": len(p),
                                      "lowest": float(np.nanmin(each)) if np.isfinite(each).any() else np.nan,
                                      "highest": float(np.nanmax(each)) if np.isfinite(each).any() else np.nan})
         return rows
 
     def metric_summary(self) -> list[dict]:
-        """captum's metrics per explainer, modality and metric: mean and median over the samples, and for
-        infidelity the share of samples where it is below the random scores' (``below random %``)."""
+        """captum's metrics per explainer, modality and metric: mean and median over the samples (the
+        median with a bootstrap 95 % interval: ``low``, ``high``); for infidelity also the share of samples
+        where it is below the random scores' (``below random %``) and the median of its ratio to theirs, per
+        sample (``to random``, ``to random low``, ``to random high``: below 1, the scores beat random)."""
         rows = []
         for e, by_m in self.metrics.items():
             for m, by_s in by_m.items():
                 for s, v in by_s.items():
                     ok = np.isfinite(v)
+                    ci = sample_interval(v, np.nanmedian)
                     row = {"explainer": e, "modality": m, "metric": s, "n": int(ok.sum()),
                            "mean": float(v[ok].mean()) if ok.any() else np.nan,
-                           "median": float(np.median(v[ok])) if ok.any() else np.nan}
+                           "median": ci.estimate, "low": ci.low, "high": ci.high}
                     ref = self.metrics.get(RANDOM, {}).get(m, {}).get(s)
                     if s == "infidelity" and e != RANDOM and ref is not None:
                         both = ok & np.isfinite(ref)
                         row["below random %"] = float(100 * np.mean(v[both] < ref[both])) if both.any() else np.nan
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            r = sample_interval(np.where(both & (ref > 0), v / ref, np.nan), np.nanmedian)
+                        row.update({"to random": r.estimate, "to random low": r.low, "to random high": r.high})
                     rows.append(row)
         return rows
 
     def flagged(self, at: float = FLAG_AT) -> dict[str, str]:
         """Explainers whose mean Spearman stays at or above ``at`` with every layer random or with
-        permuted labels, with the reason in words."""
+        permuted labels, with the reason in words (and the interval over the samples)."""
         out = {}
         for e, by_m in self.cascade.items():
             why = []
             for m, by_s in by_m.items():
-                full = float(np.nanmean(by_s["spearman"][-1])) if np.isfinite(by_s["spearman"][-1]).any() else np.nan
-                if full >= at:
-                    why.append(f"{m}: rank correlation {full:.2f} with every layer random")
+                full = sample_interval(by_s["spearman"][-1])
+                if full.estimate >= at:
+                    why.append(f"{m}: rank correlation {_ci(full)} with every layer random")
                 p = self.permuted.get(e, {}).get(m, {}).get("spearman")
                 each = [float(np.nanmean(r)) for r in p if np.isfinite(r).any()] if p is not None else []
                 if each and float(np.mean(each)) >= at:
-                    why.append(f"{m}: rank correlation {float(np.mean(each)):.2f} with models trained on permuted "
+                    why.append(f"{m}: rank correlation {_ci(sample_interval(p))} with models trained on permuted "
                                f"labels (mean of {len(each)}; {min(each):.2f} to {max(each):.2f})")
             if why:
                 out[e] = "; ".join(why)
         return out
+
+    def per_sample(self) -> dict:
+        """Every similarity and metric, per sample (NaN: None), for the JSON a table is written from."""
+        def plain(tree):
+            if isinstance(tree, dict):
+                return {k: plain(v) for k, v in tree.items()}
+            a = np.asarray(tree, dtype=float)
+            return [plain(r) for r in a] if a.ndim > 1 else [round(float(x), 6) if np.isfinite(x) else None for x in a]
+        return {"ids": [str(i) for i in self.ids], "cascade": plain(self.cascade), "permuted": plain(self.permuted),
+                "metrics": plain(self.metrics)}
+
+
+def _ci(ci) -> str:
+    """``0.62 (95% CI 0.55 to 0.70)``."""
+    return f"{ci.estimate:.2f} ({100 * ci.level:.0f}% CI {ci.low:.2f} to {ci.high:.2f})"
 
 
 def cascade(method: Method, data: MultimodalDataset, idx: np.ndarray, explainers: tuple[str, ...], *,

@@ -203,21 +203,23 @@ if sanity and (cur.model_key in sanity.get("weights", {})) and not stale_weights
     if sanity.get("metrics"):
         metrics = pd.DataFrame(sanity["metrics"]).pivot_table(
             index=["explainer", "modality"], columns="metric", values="median", sort=False).reset_index()
-        below = {(r["explainer"], r["modality"]): r.get("below random %") for r in sanity["metrics"]
-                 if r["metric"] == "infidelity"}
-        metrics["infidelity below random, % of samples"] = [below.get((e, m)) for e, m in
-                                                            zip(metrics["explainer"], metrics["modality"])]
+        inf = {(r["explainer"], r["modality"]): r for r in sanity["metrics"] if r["metric"] == "infidelity"}
+        keys = list(zip(metrics["explainer"], metrics["modality"]))
+        for col, key in (("infidelity to random (median ratio)", "to random"),
+                         ("infidelity below random, % of samples", "below random %")):
+            metrics[col] = [inf.get(k, {}).get(key) for k in keys]
         metrics["explainer"] = metrics["explainer"].map(lambda e: NAMES.get(e, e))
-        for col in ("infidelity", "sensitivity"):  # 3 significant digits: infidelities are as small as 1e-7
-            if col in metrics:
-                metrics[col] = metrics[col].map(lambda v: float(f"{v:.3g}"))
+        for col in ("infidelity", "sensitivity", "infidelity to random (median ratio)"):  # 3 significant digits:
+            if col in metrics:  # infidelities are as small as 1e-7
+                metrics[col] = metrics[col].map(lambda v: float(f"{v:.3g}") if v is not None and np.isfinite(v) else v)
         metrics["infidelity below random, % of samples"] = metrics["infidelity below random, % of samples"].round()
         table(metrics.rename(columns={"infidelity": "infidelity (median)", "sensitivity": "max-sensitivity (median)"}),
               f"explainers_captum_metrics_{cur.shipped.task}")
         n = {r["metric"]: r["n"] for r in sanity["metrics"]}
         st.caption(f"captum.metrics (`results/{cur.shipped.task}/sanity.md`): infidelity over {n.get('infidelity')} "
-                   "test samples (lower: the scores predict what masking random units does; Random is the reference), "
-                   f"max-sensitivity over {n.get('sensitivity', 0)} (lower: the explanation moves less under small "
+                   "test samples (lower: the scores predict what masking random units does; Random is the "
+                   "reference, and a ratio to it below 1 beats it), max-sensitivity "
+                   f"over {n.get('sensitivity', 0)} (lower: the explanation moves less under small "
                    "input noise).")
 
 st.subheader("Over the test split")
