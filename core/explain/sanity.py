@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from captum.metrics import infidelity, sensitivity_max
 from scipy.stats import spearmanr
 from torch import nn
 
 from core.data.dataset import MultimodalDataset
-from captum.metrics import infidelity, sensitivity_max
-
 from core.errors import MMXError
 from core.explain.attributions import Differentiable, differentiable, unit_attributions
 from core.explain.faithfulness import LEARNED, RANDOM, explanations, unit_scores
