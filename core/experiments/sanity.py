@@ -168,8 +168,8 @@ def ci(row, fmt: str = "{:.2f}", est: str = "mean", low: str = "low", high: str 
 
 
 def metric_rows(metrics: list[dict]) -> list[str]:
-    """One table row per explainer and modality: infidelity, its paired difference to random and the share
-    of samples below random, max-sensitivity; medians with their intervals."""
+    """One table row per explainer and modality: infidelity, its median ratio to the random scores' and the
+    share of samples below them, max-sensitivity; each with its interval."""
     by: dict[tuple[str, str], dict[str, dict]] = {}
     for r in metrics:
         by.setdefault((r["explainer"], r["modality"]), {})[r["metric"]] = r

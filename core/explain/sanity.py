@@ -217,9 +217,10 @@ class Sanity:
                 if full.estimate >= at:
                     why.append(f"{m}: rank correlation {_ci(full)} with every layer random")
                 p = self.permuted.get(e, {}).get(m, {}).get("spearman")
-                each = [float(np.nanmean(r)) for r in p if np.isfinite(r).any()] if p is not None else []
-                if each and float(np.mean(each)) >= at:
-                    why.append(f"{m}: rank correlation {_ci(sample_interval(p))} with models trained on permuted "
+                perm = sample_interval(p) if p is not None else None
+                if perm is not None and perm.estimate >= at:
+                    each = [float(np.nanmean(r)) for r in p if np.isfinite(r).any()]
+                    why.append(f"{m}: rank correlation {_ci(perm)} with models trained on permuted "
                                f"labels (mean of {len(each)}; {min(each):.2f} to {max(each):.2f})")
             if why:
                 out[e] = "; ".join(why)
