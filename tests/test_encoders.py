@@ -11,7 +11,7 @@ import torch
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data.splits import Split
 from core.errors import MMXError
-from core.models.encoders import ENCODERS, ResNetEncoder, resnet_trunk
+from core.models.encoders import ENCODERS, ImageNetEncoder, ResNetEncoder, resnet_trunk
 from core.models.registry import get_method
 from core.models.weights import NAME, load_trunk, read_encoder_card
 from core.pretrain import Pool, Recipe, held_out_rows, pretrain, pretraining_pool
@@ -181,7 +181,8 @@ def test_encoder_experiment_writes_its_table(data_dir, tmp_path, monkeypatch):
     from core.experiments import get_experiment
     from core.experiments import pbc as exp
 
-    quick = [dataclasses.replace(r, config={**r.config, "train": {"epochs": 1}}) for r in exp.ENCODER_ROWS]
+    # one epoch each, every row at the table's 64 px (EfficientNet-Lite0's 224 px would decode the images again)
+    quick = [dataclasses.replace(r, config={**r.config, "epochs": 1}, image_size=None) for r in exp.ENCODER_ROWS]
     monkeypatch.setattr(exp, "ENCODER_ROWS", quick)
     paths = get_experiment("pbc/encoders").run(out_dir=tmp_path, device="cpu")
     md = (tmp_path / "pbc" / "encoders.md").read_text()
@@ -226,7 +227,7 @@ def test_the_encoder_normalises_as_the_weights_expect(data_dir, one_thread):
     """Our encoder's trunk on [0, 1] images gives the pooled features of the network on (x - 127) / 128."""
     import timm
 
-    from core.models.encoders import ImageNetEncoder, init_pretrained
+    from core.models.encoders import init_pretrained
     from core.models.weights import imagenet_state
 
     enc = ImageNetEncoder("efficientnet_lite0", 3, 16)
@@ -279,7 +280,6 @@ def test_a_missing_or_damaged_weights_file_is_refused(tmp_path, monkeypatch):
 def test_every_image_method_trains_from_imagenet_weights_and_reloads_without_the_package(method, demo, tmp_path,
                                                                                         monkeypatch, one_thread):
     from core.models import weights
-    from core.models.encoders import ImageNetEncoder
 
     mods, extra = IMAGE_METHODS[method]
     data = demo.dataset.select(list(mods))
@@ -303,28 +303,49 @@ def test_every_image_method_trains_from_imagenet_weights_and_reloads_without_the
     assert np.allclose(again.predict(data, split.test).proba, proba, atol=1e-6)
 
 
-def test_training_on_the_frozen_units_output_trains_the_same_model(demo, monkeypatch, one_thread):
-    """cnn with an ImageNet encoder whose first units are frozen computes their output once per image
-    and trains the rest on it: the same weights as training on the images every step."""
-    from core.models.base import TorchMethod
-    from core.models.cnn import CNN
+@pytest.mark.parametrize("method, modalities, extra", [
+    ("cnn", ("image",), {}),
+    ("guidance", ("image", "rna"), {"inferior": "image", "guide_train": {"epochs": 1}, "decoder_train": {"epochs": 1}}),
+])
+def test_training_on_the_frozen_units_output_trains_the_same_model(demo, monkeypatch, one_thread, method, modalities,
+                                                                   extra):
+    """A method whose ImageNet encoder keeps its first units frozen computes their output once per
+    image and trains the rest on it (cnn; guidance's C_I / C_S): the same weights as training on the
+    images every step."""
+    import core.models.cnn
+    import core.models.guidance
+    import core.models.prefix_cache
 
-    data = demo.dataset.select(["image"])
+    data = demo.dataset.select(list(modalities))
     split = Split("s", np.arange(0, 60), np.arange(60, 80), np.arange(80, 100), seed=0)
-    config = dict(encoder="efficientnet_lite0", encoder_tune_stages=2, train={"epochs": 2, "batch_size": 16, "augment": False})
-    cached = get_method("cnn", data.specs, data.classes, **config)
+    config = dict(encoder="efficientnet_lite0", encoder_tune_stages=2,
+                  train={"epochs": 2, "batch_size": 16, "augment": False}, **extra)
+    cached = get_method(method, data.specs, data.classes, **config)
+    calls = []
+    cache = core.models.prefix_cache.PrefixCache
+    monkeypatch.setattr(cache, "inputs", counted(calls, cache.inputs))
     cached.fit(data, split, seed=0, device="cpu")
-    monkeypatch.setattr(CNN, "training_forward", TorchMethod.training_forward)
-    live = get_method("cnn", data.specs, data.classes, **config)
+    assert calls  # the cache was used
+    for module in (core.models.cnn, core.models.guidance):
+        monkeypatch.setattr(module, "cacheable", lambda encoders, train: {})
+    live = get_method(method, data.specs, data.classes, **config)
     live.fit(data, split, seed=0, device="cpu")
     a, b = cached.weights(), live.weights()
     assert a.keys() == b.keys()
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 2e-4  # float sums in another order
     start = weights_start("efficientnet_lite0")
-    trunk = cached.net.encoder.trunk
+    trunk = next(e for e in cached.module().modules() if isinstance(e, ImageNetEncoder)).trunk
     assert torch.equal(trunk.blocks[4][0].conv_pw.weight, start["blocks.4.0.conv_pw.weight"])  # frozen unit
     assert not torch.equal(trunk.conv_head.weight, start["conv_head.weight"])  # a trained one
-    assert not trunk.blocks[4][0].conv_pw.weight.requires_grad and trunk.conv_head.weight.requires_grad
+    assert not trunk.blocks[4][0].conv_pw.weight.requires_grad
+
+
+def counted(calls: list, f):
+    def wrapped(*a, **kw):
+        calls.append(1)
+        return f(*a, **kw)
+
+    return wrapped
 
 
 def weights_start(name: str) -> dict[str, torch.Tensor]:

@@ -211,6 +211,13 @@ def test_multitask_encoders_and_retarget(data_dir):
     head = m._reusable.task_heads["C_I"]["BWV"]
     z = bwv.predict(data, test[:8], head="I").output.latents["z_I"]
     assert torch.allclose(bwv.predict(data, test[:8], head="I").output.logits, head(z), atol=1e-5)
+    shared = m.latents(ds, test)  # one pass of the encoders serves the retargeted model's heads too
+    for model, d in ((m, ds), (bwv, data)):
+        probs = model.head_probabilities(shared)
+        for h in ("I", "G(I)", "G(I)+I"):
+            assert np.allclose(probs[h], model.predict(d, test, head=h).proba, atol=1e-5), h
+        for h in ("S", "S+I"):
+            assert np.allclose(probs[h], model.reference_predict(d, test, head=h).proba, atol=1e-5), h
     with pytest.raises(MMXError, match="retarget to 'PN' needs"):
         m.retarget("PN", ds)
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from core.errors import MMXError
 from core.models.base import DeepConfig, Net, TorchMethod
-from core.models.encoders import ImageNetEncoder, SmallCNN, image_encoder
+from core.models.encoders import SmallCNN, image_encoder
+from core.models.prefix_cache import PrefixCache, cacheable
 from core.models.registry import register_method
-from core.train.loop import TrainConfig, random_flips
+from core.train.loop import TrainConfig
 from core.train.output import ModelOutput
 
 
@@ -55,25 +55,16 @@ class CNN(TorchMethod):
         super().__init__(specs, classes, config)
 
     def training_forward(self, data, rows):
-        enc = self.net.encoder
-        if not isinstance(enc, ImageNetEncoder) or enc.n_tuned == enc.n_units or self.config.train.strong_augment:
-            return super().training_forward(data, rows)  # nothing frozen, or crops that must see the image
-        (m,) = self.specs
-        rows = np.asarray(rows)
-        at = torch.full((len(data),), -1, dtype=torch.long)
-        at[torch.as_tensor(rows)] = torch.arange(len(rows))
-        enc.eval()
-        with torch.inference_mode():
-            cache = torch.cat([enc.prefix(self.prep({m: data.modalities[m][torch.as_tensor(chunk)].to(self.device)})[m])
-                               for chunk in np.array_split(rows, max(1, len(rows) // 64))]).clone()
+        encoders = cacheable({m: self.net.encoder for m in self.specs}, self.config.train)
+        if not encoders:
+            return super().training_forward(data, rows)
+        cache = PrefixCache(encoders, lambda part: self.prep({m: data.modalities[m][torch.as_tensor(part)].to(self.device)
+                                                             for m in encoders}), rows, len(data))
         flips = self.config.train.augment
 
         def forward(batch: dict, train: bool = False) -> ModelOutput:
-            h = cache[at[batch["index"]].to(cache.device)]
-            if train and flips:  # flipping the frozen units' output stands in for flipping the image
-                h = random_flips({m: h}, [m], torch.default_generator)[m]
-            with enc.from_prefix():
-                return self.net({m: h}, batch["present"])
+            with cache.active():
+                return self.net(cache.inputs(batch["index"], flips=train and flips), batch["present"])
 
         return forward, None
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ from core.errors import MMXError
 from core.models.base import Method, MethodConfig, Net, Prediction
 from core.models.encoders import build_encoder, init_pretrained
 from core.models.masking import parse_mask
+from core.models.prefix_cache import PrefixCache, cacheable
 from core.models.registry import register_method
 from core.train import loop
 from core.train.device import seed_everything
@@ -127,22 +129,25 @@ class GuidanceNet(nn.Module):
                              cfg.decoder_dropout)
 
     def infer(self, x: dict[str, torch.Tensor], head: str) -> ModelOutput:
-        z = self.c_i.encode(x)
-        g = self.guide(z)
+        return self.from_latents(head, z_i=self.c_i.encode(x))
+
+    def reference(self, x: dict[str, torch.Tensor], head: str) -> ModelOutput:
+        return self.from_latents(head, z_i=None if head == "S" else self.c_i.encode(x), z_s=self.c_s.encode(x))
+
+    def from_latents(self, head: str, z_i: torch.Tensor | None = None, z_s: torch.Tensor | None = None) -> ModelOutput:
+        """``head``'s output from the encoders' latents (``z_s`` only for the reference heads)."""
+        if head == "S":
+            return ModelOutput(self.c_s.head(z_s), latents={"z_S": z_s})
+        if head == "S+I":
+            return ModelOutput(self.joint({"z_S": z_s, "z_I": z_i}).logits, latents={"z_S": z_s, "z_I": z_i})
+        g = self.guide(z_i)
         if head == "I":
-            logits = self.c_i.head(z)
+            logits = self.c_i.head(z_i)
         elif head == "G(I)":
             logits = self.c_s.head(g)
         else:
-            logits = self.decoder({"G(z_I)": g, "z_I": z}).logits
-        return ModelOutput(logits, latents={"z_I": z, "G(z_I)": g})
-
-    def reference(self, x: dict[str, torch.Tensor], head: str) -> ModelOutput:
-        zs = self.c_s.encode(x)
-        if head == "S":
-            return ModelOutput(self.c_s.head(zs), latents={"z_S": zs})
-        zi = self.c_i.encode(x)
-        return ModelOutput(self.joint({"z_S": zs, "z_I": zi}).logits, latents={"z_S": zs, "z_I": zi})
+            logits = self.decoder({"G(z_I)": g, "z_I": z_i}).logits
+        return ModelOutput(logits, latents={"z_I": z_i, "G(z_I)": g})
 
 
 class _TaskStage(Net):
@@ -294,11 +299,7 @@ class GuidanceMethod(Method):
         for name, clf, ok in (("C_I", self.net.c_i, has_i), ("C_S", self.net.c_s, has_s)):
             tr, va = _rows(split.train, ok, name), _rows(split.val, ok, name)
             stage = _TaskStage(clf, data.y, extra, tr, va, self.config.train.class_weighted).to(self.device)
-
-            def fwd(batch, train, stage=stage):
-                stage.rows = batch["index"]
-                return stage(self.prepared(batch), batch["present"])
-
+            fwd = self._stage_forward(stage, data, np.concatenate([tr, va]))
             self.stages[name] = loop.fit(stage, fwd, data, tr, va, self.config.train, self.device, seed,
                                          progress, callback)
             freeze(stage)
@@ -319,6 +320,28 @@ class GuidanceMethod(Method):
         lat = self._with_guided(data, rows, lat)
         self._reusable = _Reusable(lat, rows, local_tr, local_va, split, seed, task_heads)
         return self._fit_decoders(lat, local_tr, local_va, seed, progress, callback, t0)
+
+    def _stage_forward(self, stage: _TaskStage, data: MultimodalDataset, rows: np.ndarray) -> Callable:
+        """The training forward of C_I or C_S: on the frozen units' cached output where the
+        classifier's ImageNet encoders have such units (:mod:`core.models.prefix_cache`)."""
+        encoders = cacheable(stage.clf.encoders, self.config.train)
+        if not encoders:
+            def fwd(batch, train):
+                stage.rows = batch["index"]
+                return stage(self.prepared(batch), batch["present"])
+
+            return fwd
+        cache = PrefixCache(encoders, lambda part: self.prep({m: data.modalities[m][torch.as_tensor(part)]
+                                                             .to(self.device) for m in encoders}), rows, len(data))
+        flips = self.config.train.augment
+
+        def cached(batch, train):
+            stage.rows = batch["index"]
+            rest = self.prep({m: v for m, v in batch["x"].items() if m not in encoders})
+            with cache.active():
+                return stage(cache.inputs(batch["index"], rest, flips=train and flips), batch["present"])
+
+        return cached
 
     def _fit_decoders(self, lat, tr, va, seed, progress, callback, t0) -> loop.FitResult:
         for name, dec in (("D_c", self.net.decoder), ("S+I", self.net.joint)):
@@ -457,6 +480,22 @@ class GuidanceMethod(Method):
         out = loop.predict_outputs(self.net, lambda b, t: self.net.reference(self.prepared(b), head), data, idx,
                                    self.device, self.config.train.batch_size)
         return Prediction(torch.softmax(out.logits.float(), 1).numpy(), out)
+
+    def latents(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """z_I and z_S of rows ``idx`` (each needs every modality). Models retargeted from one
+        fit share its C_I and C_S, so these latents serve all of their heads
+        (:meth:`head_probabilities`): the images pass the encoders once."""
+        data, idx = self._rows_with(data, idx, (self.inferior, *self.superior))
+        self.module().to(self.device)
+        return self._encode(data, idx)
+
+    @torch.no_grad()
+    def head_probabilities(self, latents: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Class probabilities of every head, inference and reference, from :meth:`latents`."""
+        self.net.eval()
+        z = {k: latents[k].to(self.device) for k in ("z_I", "z_S")}
+        return {h: torch.softmax(self.net.from_latents(h, z["z_I"], z["z_S"]).logits.float(), 1).cpu().numpy()
+                for h in (*INFERENCE_HEADS, *REFERENCE_HEADS)}
 
     def _predict_outputs(self, data, idx, masks, head: str = "G(I)+I") -> ModelOutput:
         self.module().to(self.device)
