@@ -4,11 +4,12 @@ at the weights' own 224 px, on derm7pt's photos (official split) and pbc (first 
 - frozen: every trunk unit keeps its ImageNet weights; their pooled output is computed once per image
   and a head is trained on it;
 - last stages: the last ``TUNED`` units (stages 6-7 and the head convolution) train, on the frozen
-  units' output computed once per image (flips of that output stand in for flipped images);
+  units' output computed once per image (that output is flipped where images would be);
+- last stage: the same with only stage 7 and the head convolution trained (fewer operations per step);
 - full: every unit trains on the images, with random resized crops, rotations, flips and colour jitter.
 
 Prints validation and test balanced accuracy, accuracy and the wall time of each, and writes
-``results/bench/finetune_regimes.md``. ``--seeds 0,1,2`` for several seeds (default: 0).
+``results/bench/<--out>.md`` (default ``finetune_regimes``). ``--seeds 0,1,2`` for several seeds (default: 0).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import _common as common  # noqa: E402
 from core.data.tasks import get_task  # noqa: E402
 from core.evaluate import score  # noqa: E402
-from core.experiments.mmdynamics import IMAGENET_LAST_STAGES  # noqa: E402
+from core.experiments.mmdynamics import IMAGENET_LAST_STAGE, IMAGENET_LAST_STAGES  # noqa: E402
 from core.models.registry import get_method  # noqa: E402
 from core.train.results import atomic_write_text  # noqa: E402
 
@@ -34,6 +35,7 @@ REGIMES = {
     "frozen": dict(encoder_tune_stages=0, train=dict(epochs=80, batch_size=32, lr=1e-3, optimizer="adamw",
                                                      cosine=True, patience=20, augment=False)),
     "last stages": {k: v for k, v in IMAGENET_LAST_STAGES.items() if k not in ("encoder", "image_size")},
+    "last stage": {k: v for k, v in IMAGENET_LAST_STAGE.items() if k not in ("encoder", "image_size")},
     "full": dict(train=dict(epochs=12, batch_size=32, lr=1e-3, encoder_lr=3e-4, optimizer="adamw", cosine=True,
                             patience=6, strong_augment=True)),
 }
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--regimes", default=",".join(REGIMES))
+    p.add_argument("--out", default="finetune_regimes", help="results/bench/<out>.md")
     a = p.parse_args(argv)
     rows = []
     for target in a.targets.split(","):
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
             + f"cnn at {SIZE} px; recipes in the script (AdamW, cosine schedule, early stopping on validation "
             "balanced accuracy, class-weighted loss). Times are wall-clock on a shared machine: upper bounds.\n\n"
             + table + f"\n\nLoad average at the end: {common.load_now()}.\n")
-    atomic_write_text(common.ROOT / "results" / "bench" / "finetune_regimes.md", text)
+    atomic_write_text(common.ROOT / "results" / "bench" / f"{a.out}.md", text)
     return 0
 
 

