@@ -52,9 +52,10 @@ DERM_TRAIN = dict(epochs=60, batch_size=32, lr=1e-3, lr_step=None, patience=15, 
 IMAGENET_LAST_STAGES = dict(encoder="efficientnet_lite0", encoder_tune_stages=3, image_size=224, epochs=30,
                             batch_size=32, lr=1e-3, encoder_lr=3e-4, optimizer="adamw", cosine=True, patience=10,
                             augment=True)
-#: the same with only the last stage and the head convolution trained: ~11 ms per image per step on one core
-#: against ~50 ms (bench/finetune_regimes.py's "last stage"), for tables whose fits would not otherwise
-#: finish on the CPU (pbc's 1,860 training images; guidance's C_I and C_S)
+#: the same with only the last stage and the head convolution trained (bench/finetune_regimes.py's "last
+#: stage"): ~11 ms per image per training step on one core against ~50 ms (batch 32, measured on the
+#: cached features), for tables whose fits would not otherwise finish on the CPU (pbc's 1,860 training
+#: images; guidance's C_I and C_S)
 IMAGENET_LAST_STAGE = {**IMAGENET_LAST_STAGES, "encoder_tune_stages": 2}
 DERM_IMAGE_SIZE = 64
 # the metric the findings are stated in (robust to the cells' class imbalance)
