@@ -216,7 +216,7 @@ def _melanoma_runs(split, y_mel, probs: dict[str, dict[str, np.ndarray]]) -> lis
 # the image encoders of C_I and C_S (:mod:`core.models.encoders`): the whole table runs once per encoder
 # (label, config changes, image size); EfficientNet-Lite0 at the 224 px it was trained at with the recipe of
 # IMAGENET_LAST_STAGE (only its last stage and head convolution train, on the cached output of the frozen
-# units before them): training stage 6 too costs ~4.5x the operations per step, beyond the CPU budget of
+# units before them): training stage 6 too costs ~3.5x more per step, beyond the CPU budget of
 # C_I + C_S x 3 seeds. C_I / C_S early-stop on the mean validation CE over their 8 tasks, as the other encoders.
 DERM_LITE0 = {**{k: v for k, v in IMAGENET_LAST_STAGE.items() if k in ("encoder", "encoder_tune_stages")},
               "train": TrainConfig(**{k: v for k, v in IMAGENET_LAST_STAGE.items()

@@ -53,9 +53,9 @@ IMAGENET_LAST_STAGES = dict(encoder="efficientnet_lite0", encoder_tune_stages=3,
                             batch_size=32, lr=1e-3, encoder_lr=3e-4, optimizer="adamw", cosine=True, patience=10,
                             augment=True)
 #: the same with only the last stage and the head convolution trained (bench/finetune_regimes.py's "last
-#: stage"): ~11 ms per image per training step on one core against ~50 ms (batch 32, measured on the
-#: cached features), for tables whose fits would not otherwise finish on the CPU (pbc's 1,860 training
-#: images; guidance's C_I and C_S)
+#: stage"): a training step costs ~3.5x less (results/bench/imagenet_steps.md: 18.8 against 65.5 ms per
+#: image on one busy core), for tables whose fits would not otherwise finish on the CPU (pbc's 1,860
+#: training images; guidance's C_I and C_S)
 IMAGENET_LAST_STAGE = {**IMAGENET_LAST_STAGES, "encoder_tune_stages": 2}
 DERM_IMAGE_SIZE = 64
 # the metric the findings are stated in (robust to the cells' class imbalance)

@@ -186,7 +186,7 @@ ENCODER_ROWS = [
     Row("CNN, ResNet pretrained, frozen", "cnn", ("image",), {**PBC_CNN, "encoder": "pretrained",
                                                                "freeze_encoder": True}),
     # ImageNet weights at their own 224 px; only the last stage trains (1,860 training images: training
-    # stage 6 too would take ~45 min per fit on one core)
+    # stage 6 too would take about an hour per fit on one core)
     Row("CNN, EfficientNet-Lite0 ImageNet, last stage fine-tuned", "cnn", ("image",),
         {"latent": PBC_CNN["latent"], **{k: v for k, v in IMAGENET_LAST_STAGE.items() if k != "image_size"}},
         image_size=IMAGENET_LAST_STAGE["image_size"]),
