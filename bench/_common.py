@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def cpu_model() -> str:
 def command_line(script: str) -> str:
     """The command as it was run (with the thread variable when set), for the report to repeat."""
     env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    return f"{env}python bench/{script} {' '.join(sys.argv[1:])}".rstrip()
+    return f"{env}python bench/{script} {shlex.join(sys.argv[1:])}".rstrip()
 
 
 def machine_lines() -> list[str]:
