@@ -14,8 +14,10 @@ Prints validation and test balanced accuracy, accuracy and the wall time of each
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _common as common  # noqa: E402
+from core.data.dataset import MultimodalDataset  # noqa: E402
+from core.data.splits import Split  # noqa: E402
 from core.data.tasks import get_task  # noqa: E402
 from core.evaluate import score  # noqa: E402
 from core.experiments.mmdynamics import IMAGENET_LAST_STAGE, IMAGENET_LAST_STAGES  # noqa: E402
@@ -43,6 +47,19 @@ TARGETS = {"derm7pt dermoscopy": ("derm7pt", "derm"), "derm7pt clinical photo": 
            "pbc": ("pbc", "image")}
 
 
+def with_modality(ds: MultimodalDataset, modality: str) -> tuple[MultimodalDataset, Callable[[Split], Split]]:
+    """``ds`` reduced to ``modality`` and the samples that have it (9 derm7pt cases lack a clinical
+    photo), and a function taking a split of ``ds`` to the same split of those samples."""
+    has = ds.present[modality].numpy()
+    at = np.cumsum(has) - 1  # position of each kept sample
+
+    def rows(split: Split) -> Split:
+        return dataclasses.replace(split, **{k: at[v[has[v]]] for k, v in
+                                             (("train", split.train), ("val", split.val), ("test", split.test))})
+
+    return ds.subset(np.flatnonzero(has)).select([modality]), rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0")
@@ -54,10 +71,10 @@ def main(argv=None) -> int:
     for target in a.targets.split(","):
         task, modality = TARGETS[target]
         td = get_task(task, image_size=SIZE)
-        data = td.dataset.select([modality])
+        data, rows = with_modality(td.dataset, modality)
         for regime in a.regimes.split(","):
             for seed in (int(s) for s in a.seeds.split(",")):
-                split = td.splits[td.default_split][seed]
+                split = rows(td.splits[td.default_split][seed])
                 m = get_method("cnn", data.specs, data.classes, encoder="efficientnet_lite0", **REGIMES[regime])
                 t0 = time.perf_counter()
                 fit = m.fit(data, split, seed=split.seed, device="cpu")
