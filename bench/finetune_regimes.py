@@ -71,10 +71,10 @@ def main(argv=None) -> int:
     for target in a.targets.split(","):
         task, modality = TARGETS[target]
         td = get_task(task, image_size=SIZE)
-        data, rows = with_modality(td.dataset, modality)
+        data, in_data = with_modality(td.dataset, modality)
         for regime in a.regimes.split(","):
             for seed in (int(s) for s in a.seeds.split(",")):
-                split = rows(td.splits[td.default_split][seed])
+                split = in_data(td.splits[td.default_split][seed])
                 m = get_method("cnn", data.specs, data.classes, encoder="efficientnet_lite0", **REGIMES[regime])
                 t0 = time.perf_counter()
                 fit = m.fit(data, split, seed=split.seed, device="cpu")
