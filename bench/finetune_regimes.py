@@ -53,11 +53,11 @@ def with_modality(ds: MultimodalDataset, modality: str) -> tuple[MultimodalDatas
     has = ds.present[modality].numpy()
     at = np.cumsum(has) - 1  # position of each kept sample
 
-    def rows(split: Split) -> Split:
+    def kept(split: Split) -> Split:
         return dataclasses.replace(split, **{k: at[v[has[v]]] for k, v in
                                              (("train", split.train), ("val", split.val), ("test", split.test))})
 
-    return ds.subset(np.flatnonzero(has)).select([modality]), rows
+    return ds.subset(np.flatnonzero(has)).select([modality]), kept
 
 
 def main(argv=None) -> int:
