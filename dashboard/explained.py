@@ -134,26 +134,28 @@ def results_payload(task: str, experiment: str) -> dict | None:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _guidance_results(task: str, inferior: str, superior: tuple[str, ...]) -> tuple[str, str, int] | None:
+def _guidance_results(task: str, inferior: str, superior: tuple[str, ...],
+                      encoder: str) -> tuple[str, str, int] | None:
     from core.experiments.guidance import rows_table
 
     payload = results_payload(task, "guidance")
     if payload is None:
         return None
-    columns = {r["column"] for r in payload["runs"]}
+    # a table that ran once per image encoder: only the runs with this model's encoder
+    runs = [r for r in payload["runs"] if r.get("encoder", encoder) == encoder]
+    columns = {r["column"] for r in runs}
     column = next((c for c in (f"{inferior}<-{'+'.join(superior)}", "diagnosis") if c in columns), None)
     if column is None:
         return None
-    table = rows_table(payload["runs"], [(column, "balanced_accuracy", "Balanced accuracy"),
-                                         (column, "f1_micro", "F1 micro")])
-    return table, column, sum(r["column"] == column for r in payload["runs"])
+    table = rows_table(runs, [(column, "balanced_accuracy", "Balanced accuracy"), (column, "f1_micro", "F1 micro")])
+    return table, column, sum(r["column"] == column for r in runs)
 
 
 def guidance_results(cur: Current) -> tuple[str, str, int] | None:
-    """The committed experiment's rows for this model's modalities (Markdown table, its column,
-    the number of runs), or None when ``results/<task>/guidance.json`` has none."""
+    """The committed experiment's rows for this model's modalities and image encoder (Markdown
+    table, its column, the number of runs), or None when ``results/<task>/guidance.json`` has none."""
     m = cur.method
-    return _guidance_results(cur.shipped.task, m.inferior, tuple(m.superior))
+    return _guidance_results(cur.shipped.task, m.inferior, tuple(m.superior), m.config.encoder)
 
 
 def missing_samples(cur: Current, names: dict[str, str]) -> dict[str, object]:
