@@ -58,8 +58,7 @@ class CNN(TorchMethod):
         encoders = cacheable({m: self.net.encoder for m in self.specs}, self.config.train)
         if not encoders:
             return super().training_forward(data, rows)
-        cache = PrefixCache(encoders, lambda part: self.prep({m: data.modalities[m][torch.as_tensor(part)].to(self.device)
-                                                             for m in encoders}), rows, len(data))
+        cache = PrefixCache(encoders, data, self.prep, rows, self.device)
         flips = self.config.train.augment
 
         def forward(batch: dict, train: bool = False) -> ModelOutput:

@@ -331,8 +331,7 @@ class GuidanceMethod(Method):
                 return stage(self.prepared(batch), batch["present"])
 
             return fwd
-        cache = PrefixCache(encoders, lambda part: self.prep({m: data.modalities[m][torch.as_tensor(part)]
-                                                             .to(self.device) for m in encoders}), rows, len(data))
+        cache = PrefixCache(encoders, data, self.prep, rows, self.device)
         flips = self.config.train.augment
 
         def cached(batch, train):

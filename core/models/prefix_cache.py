@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.data.dataset import MultimodalDataset
 from core.models.encoders import ImageNetEncoder
 from core.train.loop import TrainConfig, random_flips
 
@@ -30,22 +31,22 @@ def cacheable(encoders: Mapping[str, nn.Module], train: TrainConfig) -> dict[str
 
 
 class PrefixCache:
-    """Frozen-unit outputs of ``encoders`` for ``rows`` of a dataset; ``images(rows)`` gives those
-    rows' prepared images by modality (on the encoders' device)."""
+    """Frozen-unit outputs of ``encoders`` for ``rows`` of ``data``, computed from the images as
+    ``prep`` (the method's input preparation) gives them, on ``device``."""
 
-    def __init__(self, encoders: Mapping[str, ImageNetEncoder],
-                 images: Callable[[np.ndarray], dict[str, torch.Tensor]], rows: np.ndarray, n_data: int,
-                 chunk: int = 64):
+    def __init__(self, encoders: Mapping[str, ImageNetEncoder], data: MultimodalDataset,
+                 prep: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], rows: np.ndarray,
+                 device: torch.device | str, chunk: int = 64):
         self.encoders = dict(encoders)
         rows = np.asarray(rows)
-        self.at = torch.full((n_data,), -1, dtype=torch.long)
+        self.at = torch.full((len(data),), -1, dtype=torch.long)
         self.at[torch.as_tensor(rows)] = torch.arange(len(rows))
         parts: dict[str, list[torch.Tensor]] = {m: [] for m in self.encoders}
         for e in self.encoders.values():
             e.eval()
         with torch.inference_mode():
             for part in np.array_split(rows, max(1, len(rows) // chunk)):
-                x = images(part)
+                x = prep({m: data.modalities[m][torch.as_tensor(part)].to(device) for m in self.encoders})
                 for m, e in self.encoders.items():
                     parts[m].append(e.prefix(x[m]))
         self.cache = {m: torch.cat(v).clone() for m, v in parts.items()}  # clone: usable outside inference mode
