@@ -116,7 +116,9 @@ def test_confusion_counts_match_a_hand_computed_matrix():
 def test_pbc_driver_on_demo(tmp_path, monkeypatch, one_thread):
     from core.experiments import pbc as exp
 
-    monkeypatch.setattr(exp, "ROWS", [dataclasses.replace(r, config={**r.config, "epochs": 2}) for r in exp.ROWS])
+    # two epochs each, every row at demo's own image size
+    monkeypatch.setattr(exp, "ROWS", [dataclasses.replace(r, config={**r.config, "epochs": 2}, image_size=None)
+                                      for r in exp.ROWS])
     figures = []
     real_save = exp.save_figure
     monkeypatch.setattr(exp, "save_figure", lambda fig, *a, **k: figures.append(fig) or real_save(fig, *a, **k))
