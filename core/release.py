@@ -25,18 +25,19 @@ from core.checkpoint import CARD, read_card, round_to_half, save_checkpoint, ver
 from core.data.tasks import get_task, list_tasks
 from core.errors import MMXError
 from core.evaluate import score
-from core.experiments.guidance import CELL_LATENTS, CELL_SCALING, CELL_SETTINGS, DERM_CONFIG
+from core.experiments.guidance import CELL_LATENTS, CELL_SCALING, CELL_SETTINGS, DERM_CONFIG, DERM_LITE0
 from core.experiments.hypermm import CELLS_IMAGE_SIZE, hypermm_config
 from core.experiments.hypermm import DERM_IMAGE_SIZE as HYPERMM_DERM_SIZE
 from core.experiments.mmdynamics import (
     CELLS_TRAIN,
     DERM_IMAGE_SIZE,
     DERM_TRAIN,
+    IMAGENET_LAST_STAGE,
     IMAGENET_LAST_STAGES,
     ROSMAP_TRAIN,
     static_config,
 )
-from core.experiments.pbc import PBC_CNN
+from core.experiments.pbc import LITE0_LAST_STAGE
 from core.models.registry import get_method, make_config, method_entry, training_stages
 from core.paths import REPO_ROOT, data_root
 from core.train import loop
@@ -92,13 +93,14 @@ RELEASE: tuple[Release, ...] = (
             "Image MM dynamics: clinical + dermoscopic photo", DERM_IMAGE_SIZE, "results/derm7pt/image_dynamics.md"),
     Release("derm7pt", "hypermm", "hypermm", ("clinic", "derm"), _HYPERMM,
             "HyperMM: clinical and/or dermoscopic photo", HYPERMM_DERM_SIZE, "results/derm7pt/hypermm.md"),
-    Release("derm7pt", "guidance_clinic_by_derm", "guidance", ("clinic", "derm"), DERM_CONFIG,
-            "Guidance: clinical photo guided by dermoscopy (predicts from the clinical photo)", DERM_IMAGE_SIZE,
-            "results/derm7pt/guidance.md"),
+    # C_I and C_S on EfficientNet-Lite0, the best encoder of derm7pt/guidance
+    Release("derm7pt", "guidance_clinic_by_derm", "guidance", ("clinic", "derm"), {**DERM_CONFIG, **DERM_LITE0},
+            "Guidance: clinical photo guided by dermoscopy (predicts from the clinical photo)",
+            IMAGENET_LAST_STAGE["image_size"], "results/derm7pt/guidance.md"),
     Release("derm7pt", "cnn", "cnn", ("derm",), _DERM_CNN, "CNN (EfficientNet-Lite0 from ImageNet): dermoscopic photo",
             IMAGENET_LAST_STAGES["image_size"], "results/bench/finetune_regimes.md"),
-    Release("pbc", "cnn", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}, "CNN (ResNet): blood-cell image",
-            recipe="results/pbc/cnn.md"),
+    Release("pbc", "cnn", "cnn", ("image",), LITE0_LAST_STAGE, "CNN (EfficientNet-Lite0 from ImageNet): blood-cell image",
+            IMAGENET_LAST_STAGE["image_size"], "results/pbc/cnn.md"),
 )
 #: data whose terms allow research use only: their models inherit the restriction
 RESEARCH_ONLY = {"derm7pt": "Derm7pt images may be used for academic research only and may not be redistributed; "

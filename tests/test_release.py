@@ -97,7 +97,7 @@ def test_every_release_entry_is_shipped_within_the_size_budget():
     assert not missing, f"run python train.py --release: {missing}"
     assert all(m.error is None for m in SHIPPED.values())
     total = sum(m.size_bytes for m in SHIPPED.values())
-    assert len(SHIPPED) >= 14 and total <= 60e6, total
+    assert len(SHIPPED) >= 14 and total <= 80e6, total
 
 
 def _task_of(card: dict):
