@@ -63,6 +63,11 @@ LABELS = {"integrated_gradients": "Integrated Gradients", "occlusion": "Occlusio
 BASELINES = ("mean", "zeros")
 ADDITIVE = ("integrated_gradients", "gradient_shap")  # per-element attributions that sum to a unit's share
 ROWS = 256  # rows per forward pass (samples x steps, perturbations or draws)
+#: image pixels per forward pass that keeps gradients: ROWS rows of 64 x 64. A backward pass stores
+#: every activation, so at 224 px ROWS rows of EfficientNet-Lite0 would hold over 10 GB; larger
+#: images get proportionally fewer rows per pass (integrated gradients: the same result in more
+#: passes; GradientSHAP: its noise drawn per group of samples)
+GRADIENT_PIXELS = ROWS * 64 * 64
 
 
 @dataclass
@@ -238,6 +243,13 @@ def to_patches(pixels: torch.Tensor, patch: int, how: str) -> torch.Tensor:
     return (total / count)[:, 0]
 
 
+def gradient_rows(method: Method) -> int:
+    """Rows per forward pass with gradients: :data:`ROWS`, fewer for images above 64 x 64
+    (:data:`GRADIENT_PIXELS`)."""
+    pixels = [s.image_shape[1] * s.image_shape[2] for s in method.specs.values() if s.kind != "omics"]
+    return max(1, min(ROWS, GRADIENT_PIXELS // max(pixels))) if pixels else ROWS
+
+
 def _captum(explainer: str, diff: Differentiable, inputs: tuple, present: tuple, base: tuple, target: torch.Tensor,
             *, n_steps: int, n_samples: int, n_baselines: int, stdevs: float, window: int, seed: int) -> tuple:
     """One captum call on one batch of samples; per-element attributions, one tensor per input."""
@@ -245,12 +257,16 @@ def _captum(explainer: str, diff: Differentiable, inputs: tuple, present: tuple,
     if explainer == "integrated_gradients":
         return IntegratedGradients(diff.proba).attribute(inputs, baselines=base, target=target,
                                                          additional_forward_args=present, n_steps=n_steps,
-                                                         internal_batch_size=ROWS)
+                                                         internal_batch_size=gradient_rows(diff.method))
     if explainer == "gradient_shap":
         gen = torch.Generator().manual_seed(seed)
         refs = tuple(b[:1] + stdevs * torch.randn((n_baselines, *b.shape[1:]), generator=gen).to(b) for b in base)
-        return GradientShap(diff.proba).attribute(inputs, baselines=refs, target=target,
-                                                  additional_forward_args=present, n_samples=n_samples)
+        step = max(1, gradient_rows(diff.method) // n_samples)  # captum draws n_samples rows per sample at once
+        parts = [GradientShap(diff.proba).attribute(tuple(x[s:s + step] for x in inputs), baselines=refs,
+                                                    target=target[s:s + step], n_samples=n_samples,
+                                                    additional_forward_args=tuple(p[s:s + step] for p in present))
+                 for s in range(0, n, step)]
+        return tuple(torch.cat(a) for a in zip(*parts))
     per_eval = max(1, ROWS // n)
     if explainer == "occlusion":
         windows, strides = zip(*(_window(diff.method, m, window) for m in diff.modalities))
