@@ -332,7 +332,13 @@ def test_training_on_the_frozen_units_output_trains_the_same_model(demo, monkeyp
     live.fit(data, split, seed=0, device="cpu")
     a, b = cached.weights(), live.weights()
     assert a.keys() == b.keys()
-    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 2e-4  # float sums in another order
+    # float sums in another order (one torch thread) leave differences near 1e-7 that Adam can grow to a few
+    # 1e-4 in a weight whose gradient is about 0 (seen: 3.1e-4 in guidance's decoder); a wrong cache (other
+    # rows, other flips) moves most weights by far more
+    diff = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    assert float((diff > 1e-4).float().mean()) < 1e-4 and float(diff.max()) < 1e-2, float(diff.max())
+    test = split.test
+    assert np.abs(cached.predict(data, test).proba - live.predict(data, test).proba).max() < 1e-3
     start = weights_start("efficientnet_lite0")
     trunk = next(e for e in cached.module().modules() if isinstance(e, ImageNetEncoder)).trunk
     assert torch.equal(trunk.blocks[4][0].conv_pw.weight, start["blocks.4.0.conv_pw.weight"])  # frozen unit
