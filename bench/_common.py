@@ -97,3 +97,14 @@ def md_table(headers: list[str], rows: list[list]) -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def write_report(script: str, out: str, title: str, started: str, header: list[str], body: str) -> Path:
+    """``results/bench/<out>.md``: ``title``, when and by which command of ``bench/<script>`` it was
+    measured, the machine (``header``, read at the start), ``body``, and the load average at the end."""
+    from core.train.results import atomic_write_text
+
+    path = ROOT / "results" / "bench" / f"{out}.md"
+    atomic_write_text(path, f"# {title}\n\nMeasured {started} by `bench/{script}`:\n\n    {command_line(script)}\n\n```\n"
+                      + "\n".join(header) + "\n```\n\n" + body + f"\n\nLoad average at the end: {load_now()}.\n")
+    return path

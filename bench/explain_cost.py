@@ -28,7 +28,6 @@ from core.data.tasks import get_task  # noqa: E402
 from core.experiments.pbc import LITE0_LAST_STAGE, PBC_CNN  # noqa: E402
 from core.explain.attributions import attribute  # noqa: E402
 from core.models.registry import get_method  # noqa: E402
-from core.train.results import atomic_write_text  # noqa: E402
 
 EXPLAINERS = ("integrated_gradients", "gradient_shap", "occlusion")
 #: (label, cnn config, image size); the first is the reference of the ratios
@@ -70,13 +69,11 @@ def main(argv=None) -> int:
         [[label, *[f"{c[e][0]:.2f} (x{c[e][0] / ref[e][0]:.1f})" for e in EXPLAINERS],
           *[f"{c[e][1]:.0f}" for e in EXPLAINERS]] for label, c in costs.items()])
     print(table)
-    text = (f"# Explaining one pbc image, per encoder\n\nMeasured {started} by `bench/explain_cost.py`:\n\n    "
-            f"{common.command_line('explain_cost.py')}\n\n```\n" + "\n".join(header) + "\n```\n\n"
-            + __doc__.split("\n\n    python")[0] + f"\n\n{a.samples} samples per explainer after one warm-up "
-            "sample, captum's defaults of the tool (IG 32 steps, GradientSHAP 16 draws, occlusion windows of 2 x 2 "
-            "of the 16 x 16 patch grid). Times are wall-clock on a shared machine: upper bounds.\n\n" + table
-            + f"\n\nLoad average at the end: {common.load_now()}.\n")
-    atomic_write_text(common.ROOT / "results" / "bench" / "explain_cost.md", text)
+    common.write_report("explain_cost.py", "explain_cost", "Explaining one pbc image, per encoder", started, header,
+                        __doc__.split("\n\n    python")[0] + f"\n\n{a.samples} samples per explainer after one warm-up "
+                        "sample, captum's defaults of the tool (IG 32 steps, GradientSHAP 16 draws, occlusion windows of "
+                        "2 x 2 of the 16 x 16 patch grid). Times are wall-clock on a shared machine: upper bounds.\n\n"
+                        + table)
     return 0
 
 

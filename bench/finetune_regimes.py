@@ -31,7 +31,6 @@ from core.data.tasks import get_task  # noqa: E402
 from core.evaluate import score  # noqa: E402
 from core.experiments.mmdynamics import IMAGENET_LAST_STAGE, IMAGENET_LAST_STAGES  # noqa: E402
 from core.models.registry import get_method  # noqa: E402
-from core.train.results import atomic_write_text  # noqa: E402
 
 SIZE = 224
 TUNED = IMAGENET_LAST_STAGES["encoder_tune_stages"]
@@ -91,13 +90,11 @@ def main(argv=None) -> int:
                             [[t, r, s, f"{100 * v:.1f}", f"{100 * b:.1f}", f"{100 * c:.1f}", e, f"{w / 60:.1f}"]
                              for t, r, s, v, b, c, e, w in rows])
     print(table)
-    text = (f"# Fine-tuning regimes of EfficientNet-Lite0 (ImageNet weights) on a 2-core CPU\n\nMeasured {started} by "
-            f"`bench/finetune_regimes.py`:\n\n    {common.command_line('finetune_regimes.py')}\n\n```\n"
-            + "\n".join(common.machine_lines()) + "\n```\n\n" + __doc__.split("\n\nPrints")[0] + "\n\n"
-            + f"cnn at {SIZE} px; recipes in the script (AdamW, cosine schedule, early stopping on validation "
-            "balanced accuracy, class-weighted loss). Times are wall-clock on a shared machine: upper bounds.\n\n"
-            + table + f"\n\nLoad average at the end: {common.load_now()}.\n")
-    atomic_write_text(common.ROOT / "results" / "bench" / f"{a.out}.md", text)
+    common.write_report("finetune_regimes.py", a.out, "Fine-tuning regimes of EfficientNet-Lite0 (ImageNet weights) "
+                        "on a 2-core CPU", started, common.machine_lines(), __doc__.split("\n\nPrints")[0] + "\n\n"
+                        + f"cnn at {SIZE} px; recipes in the script (AdamW, cosine schedule, early stopping on "
+                        "validation balanced accuracy, class-weighted loss). Times are wall-clock on a shared machine: "
+                        "upper bounds.\n\n" + table)
     return 0
 
 

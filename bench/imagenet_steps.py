@@ -22,7 +22,6 @@ import torch  # noqa: E402
 
 from bench import _common as common  # noqa: E402
 from core.models.encoders import ImageNetEncoder  # noqa: E402
-from core.train.results import atomic_write_text  # noqa: E402
 
 SIZE = 224
 
@@ -64,12 +63,10 @@ def main(argv=None) -> int:
     table = common.md_table(["trained units", "ms per image per step", "x cheapest"],
                             [[k, f"{v:.1f}", f"{v / low:.1f}"] for k, v in times.items()])
     print(table)
-    text = (f"# EfficientNet-Lite0 training step by trained units\n\nMeasured {started} by `bench/imagenet_steps.py`:"
-            f"\n\n    {common.command_line('imagenet_steps.py')}\n\n```\n" + "\n".join(header) + "\n```\n\n"
-            + __doc__.split("\n\n    python")[0] + f"\n\nBatch {a.batch_size}, {a.steps} timed steps after one "
-            "warm-up, random images. Times are wall-clock on a shared machine: upper bounds.\n\n" + table
-            + f"\n\nLoad average at the end: {common.load_now()}.\n")
-    atomic_write_text(common.ROOT / "results" / "bench" / "imagenet_steps.md", text)
+    common.write_report("imagenet_steps.py", "imagenet_steps", "EfficientNet-Lite0 training step by trained units",
+                        started, header, __doc__.split("\n\n    python")[0] + f"\n\nBatch {a.batch_size}, {a.steps} "
+                        "timed steps after one warm-up, random images. Times are wall-clock on a shared machine: upper "
+                        "bounds.\n\n" + table)
     return 0
 
 
