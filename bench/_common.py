@@ -105,6 +105,7 @@ def write_report(script: str, out: str, title: str, started: str, header: list[s
     from core.train.results import atomic_write_text
 
     path = ROOT / "results" / "bench" / f"{out}.md"
-    atomic_write_text(path, f"# {title}\n\nMeasured {started} by `bench/{script}`:\n\n    {command_line(script)}\n\n```\n"
-                      + "\n".join(header) + "\n```\n\n" + body + f"\n\nLoad average at the end: {load_now()}.\n")
+    atomic_write_text(path, f"# {title}\n\nMeasured {started} by `bench/{script}`:\n\n    {command_line(script)}"
+                      "\n\n```\n" + "\n".join(header) + "\n```\n\n" + body
+                      + f"\n\nLoad average at the end: {load_now()}.\n")
     return path

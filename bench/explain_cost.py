@@ -70,10 +70,10 @@ def main(argv=None) -> int:
           *[f"{c[e][1]:.0f}" for e in EXPLAINERS]] for label, c in costs.items()])
     print(table)
     common.write_report("explain_cost.py", "explain_cost", "Explaining one pbc image, per encoder", started, header,
-                        __doc__.split("\n\n    python")[0] + f"\n\n{a.samples} samples per explainer after one warm-up "
-                        "sample, captum's defaults of the tool (IG 32 steps, GradientSHAP 16 draws, occlusion windows of "
-                        "2 x 2 of the 16 x 16 patch grid). Times are wall-clock on a shared machine: upper bounds.\n\n"
-                        + table)
+                        __doc__.split("\n\n    python")[0] + f"\n\n{a.samples} samples per explainer after one "
+                        "warm-up sample, captum's defaults of the tool (IG 32 steps, GradientSHAP 16 draws, occlusion "
+                        "windows of 2 x 2 of the 16 x 16 patch grid). Times are wall-clock on a shared machine: upper "
+                        "bounds.\n\n" + table)
     return 0
 
 

@@ -110,9 +110,9 @@ RELEASE: tuple[Release, ...] = (
             IMAGENET_LAST_STAGE["image_size"], "results/derm7pt/guidance.md"),
     Release("derm7pt", "cnn", "cnn", ("derm",), _DERM_CNN, "CNN (EfficientNet-Lite0 from ImageNet): dermoscopic photo",
             IMAGENET_LAST_STAGES["image_size"], "results/bench/finetune_regimes.md"),
-    # the ResNet row of results/pbc/cnn.md, not its better EfficientNet-Lite0 row: at 224 px every table that
-    # explains the shipped pbc model (pbc/sanity, pbc/counterfactual) takes about 30x longer than at 64 px,
-    # hours on the CPU; the switch waits for those reruns
+    # the ResNet row of results/pbc/cnn.md, not its better EfficientNet-Lite0 row: at 224 px explaining an image
+    # costs 34-77x more (results/bench/explain_cost.md), so the tables that explain the shipped pbc model
+    # (pbc/sanity, pbc/counterfactual) take hours on the CPU; the switch waits for those reruns
     Release("pbc", "cnn", "cnn", ("image",), {**PBC_CNN, "encoder": "resnet"}, "CNN (ResNet): blood-cell image",
             recipe="results/pbc/cnn.md"),
 )

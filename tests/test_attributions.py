@@ -115,9 +115,9 @@ def test_gradient_shap_is_deterministic_for_a_seed(fitted, demo, split):
 
 
 def test_large_images_take_fewer_rows_per_gradient_pass(fitted, demo, split, monkeypatch):
-    """At a pixel budget of 20 demo images per pass, no forward pass holds more than 20 rows (without
-    it: 6 samples x 32 steps, and 6 x 16 draws) (at 224 px the default 256 rows of EfficientNet-Lite0 would hold over 10 GB); integrated
-    gradients come out the same, GradientSHAP whole."""
+    """At a pixel budget of 20 demo images per pass, no forward pass holds more than 20 rows (without it:
+    6 samples x 32 steps, and 6 x 16 draws; at 224 px 256 rows of EfficientNet-Lite0 held over 10 GB);
+    integrated gradients come out the same, GradientSHAP whole."""
     from core.explain import attributions
 
     method, rows = fitted["cnn"], split.test[:6]

